@@ -1,0 +1,1 @@
+//! Front-ends, IR, shape checker, diagnostics and code generation for `cnn`.

@@ -1,0 +1,1 @@
+//! The `cnn!` macro.

@@ -1,0 +1,1 @@
+//! Forward kernels (placeholder; being written).

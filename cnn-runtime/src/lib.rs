@@ -1,0 +1,16 @@
+//! CPU runtime for `cnn` models: kernels, weights, data and training.
+//!
+//! Layout conventions: every tensor at a kernel boundary is `f32`, contiguous, NCHW (PyTorch's
+//! layout), batch first. Kernels take slices plus a geometry struct from [`geom`]; they never
+//! compute an output size themselves (the checker in `cnn-dsl` does). Multi-threaded kernels use
+//! the current rayon pool, so callers choose the thread count with `ThreadPool::install`.
+#![warn(missing_docs)]
+
+pub mod geom;
+pub mod kernels;
+pub mod grad;
+pub mod optim;
+pub mod data;
+pub mod weights;
+pub mod io;
+pub mod init;

@@ -1,0 +1,2 @@
+//! The cnn compiler driver.
+fn main() {}

@@ -1,0 +1,3 @@
+//! cnn facade.
+pub use cnn_dsl as dsl;
+pub use cnn_runtime as runtime;
