@@ -1,0 +1,583 @@
+//! Pooling: training forward of max pooling (saving argmax indices) and the pooling backwards.
+
+use rayon::prelude::*;
+
+use super::check_len;
+use crate::geom::{AdaptivePoolGeom, Pool2dGeom};
+
+/// Index value for an output whose window holds no input position (cannot happen for a
+/// geometry PyTorch accepts); its gradient is dropped.
+const NO_INDEX: u32 = u32::MAX;
+
+/// Training forward of `nn.MaxPool2d` (PyTorch `max_pool2d_with_indices`).
+///
+/// Writes `output` `[batch, C, H_out, W_out]` and, for each output, `indices` (same shape): the
+/// position `ih·W + iw` of its maximum inside its own input plane, as PyTorch returns them.
+/// Padding counts as `-inf`; ties keep the first maximum in window order (row-major); a NaN
+/// wins over any number, and a later NaN over an earlier one, as in PyTorch's CPU kernel.
+/// Dilation, padding and `ceil_mode`-shaped outputs (`out_h`/`out_w` from the checker) are
+/// supported. Parallel over planes; deterministic.
+///
+/// # Panics
+/// If a slice length disagrees with `g` and `batch`, or a plane has more than `u32::MAX - 1`
+/// positions.
+pub fn max_pool2d_train_forward(
+    g: &Pool2dGeom,
+    batch: usize,
+    input: &[f32],
+    output: &mut [f32],
+    indices: &mut [u32],
+) {
+    let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
+    check_len(
+        "max_pool2d_train_forward input",
+        input.len(),
+        batch * g.in_len(),
+    );
+    check_len(
+        "max_pool2d_train_forward output",
+        output.len(),
+        batch * g.out_len(),
+    );
+    check_len(
+        "max_pool2d_train_forward indices",
+        indices.len(),
+        batch * g.out_len(),
+    );
+    assert!(
+        ihw < NO_INDEX as usize,
+        "max_pool2d: plane too large for u32 indices"
+    );
+    if ohw == 0 || ihw == 0 {
+        output.fill(f32::NEG_INFINITY);
+        indices.fill(NO_INDEX);
+        return;
+    }
+    let hr: Vec<(usize, usize)> = (0..g.out_h)
+        .map(|o| window(o, g.stride_h, g.pad_h, g.dilation_h, g.kernel_h, g.in_h))
+        .collect();
+    let wr: Vec<(usize, usize)> = (0..g.out_w)
+        .map(|o| window(o, g.stride_w, g.pad_w, g.dilation_w, g.kernel_w, g.in_w))
+        .collect();
+    output
+        .par_chunks_mut(ohw)
+        .zip(indices.par_chunks_mut(ohw))
+        .zip(input.par_chunks(ihw))
+        .for_each(|((out, idx), x)| {
+            for (oh, &(h0, h1)) in hr.iter().enumerate() {
+                for (ow, &(w0, w1)) in wr.iter().enumerate() {
+                    let mut best = f32::NEG_INFINITY;
+                    let mut arg = if h0 < h1 && w0 < w1 {
+                        (h0 * g.in_w + w0) as u32
+                    } else {
+                        NO_INDEX
+                    };
+                    for ih in (h0..h1).step_by(g.dilation_h) {
+                        for iw in (w0..w1).step_by(g.dilation_w) {
+                            let v = x[ih * g.in_w + iw];
+                            if v > best || v.is_nan() {
+                                best = v;
+                                arg = (ih * g.in_w + iw) as u32;
+                            }
+                        }
+                    }
+                    out[oh * g.out_w + ow] = best;
+                    idx[oh * g.out_w + ow] = arg;
+                }
+            }
+        });
+}
+
+/// First and one-past-last input coordinate of output `o`'s window along one axis, clipped to
+/// the input and aligned to the dilation grid (`first ≡ o·s − pad (mod d)`).
+fn window(o: usize, s: usize, pad: usize, d: usize, k: usize, len: usize) -> (usize, usize) {
+    let start = (o * s) as isize - pad as isize;
+    let end = (start + ((k - 1) * d + 1) as isize).min(len as isize);
+    let mut first = start;
+    while first < 0 {
+        first += d as isize;
+    }
+    if first >= end {
+        (0, 0)
+    } else {
+        (first as usize, end as usize)
+    }
+}
+
+/// Backward of `nn.MaxPool2d` from the `indices` saved by [`max_pool2d_train_forward`].
+///
+/// **Overwrites** `d_input` `[batch, C, H, W]`: each input position receives the sum of the
+/// gradients of the outputs whose argmax it is (overlapping windows add), zero elsewhere.
+/// Parallel over planes; deterministic.
+///
+/// # Panics
+/// If a slice length disagrees with `g` and `batch`, or an index lies outside its plane.
+pub fn max_pool2d_backward(
+    g: &Pool2dGeom,
+    batch: usize,
+    indices: &[u32],
+    d_out: &[f32],
+    d_input: &mut [f32],
+) {
+    let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
+    check_len(
+        "max_pool2d_backward indices",
+        indices.len(),
+        batch * g.out_len(),
+    );
+    check_len(
+        "max_pool2d_backward d_out",
+        d_out.len(),
+        batch * g.out_len(),
+    );
+    check_len(
+        "max_pool2d_backward d_input",
+        d_input.len(),
+        batch * g.in_len(),
+    );
+    if ihw == 0 {
+        return;
+    }
+    if ohw == 0 {
+        d_input.fill(0.0);
+        return;
+    }
+    d_input
+        .par_chunks_mut(ihw)
+        .zip(d_out.par_chunks(ohw))
+        .zip(indices.par_chunks(ohw))
+        .for_each(|((dx, dy), idx)| {
+            dx.fill(0.0);
+            for (&i, &v) in idx.iter().zip(dy) {
+                if i != NO_INDEX {
+                    dx[i as usize] += v;
+                }
+            }
+        });
+}
+
+/// Backward of `nn.AvgPool2d` (PyTorch `avg_pool2d_backward`, no `divisor_override`).
+///
+/// **Overwrites** `d_input`. Each output's gradient is spread over its window clipped to the
+/// input, divided as PyTorch divides: with `hstart = oh·s − pad`, `hend = min(hstart + k,
+/// H + pad)` (likewise for width), the divisor is `(hend − hstart)·(wend − wstart)` when
+/// `count_include_pad`, else the area of the window clipped to the input. `ceil_mode` shapes
+/// come from `out_h`/`out_w`. Dilation must be 1. Parallel over planes; deterministic.
+///
+/// # Panics
+/// If a slice length disagrees with `g` and `batch`, or the geometry has a dilation other than 1.
+pub fn avg_pool2d_backward(g: &Pool2dGeom, batch: usize, d_out: &[f32], d_input: &mut [f32]) {
+    let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
+    check_len(
+        "avg_pool2d_backward d_out",
+        d_out.len(),
+        batch * g.out_len(),
+    );
+    check_len(
+        "avg_pool2d_backward d_input",
+        d_input.len(),
+        batch * g.in_len(),
+    );
+    assert!(
+        g.dilation_h == 1 && g.dilation_w == 1,
+        "avg_pool2d_backward: average pooling has no dilation"
+    );
+    if ihw == 0 {
+        return;
+    }
+    if ohw == 0 {
+        d_input.fill(0.0);
+        return;
+    }
+    let axis = |o: usize, s: usize, pad: usize, k: usize, len: usize| {
+        let start = (o * s) as isize - pad as isize;
+        let end = (start + k as isize).min((len + pad) as isize);
+        let size = end - start;
+        let (cs, ce) = (start.max(0), end.min(len as isize));
+        (cs.max(0) as usize, ce.max(cs) as usize, size)
+    };
+    let hr: Vec<_> = (0..g.out_h)
+        .map(|o| axis(o, g.stride_h, g.pad_h, g.kernel_h, g.in_h))
+        .collect();
+    let wr: Vec<_> = (0..g.out_w)
+        .map(|o| axis(o, g.stride_w, g.pad_w, g.kernel_w, g.in_w))
+        .collect();
+    d_input
+        .par_chunks_mut(ihw)
+        .zip(d_out.par_chunks(ohw))
+        .for_each(|(dx, dy)| {
+            dx.fill(0.0);
+            for (oh, &(h0, h1, hs)) in hr.iter().enumerate() {
+                for (ow, &(w0, w1, ws)) in wr.iter().enumerate() {
+                    let div = if g.count_include_pad {
+                        hs * ws
+                    } else {
+                        ((h1 - h0) * (w1 - w0)) as isize
+                    };
+                    if div <= 0 {
+                        continue;
+                    }
+                    let v = dy[oh * g.out_w + ow] / div as f32;
+                    for ih in h0..h1 {
+                        for d in &mut dx[ih * g.in_w + w0..ih * g.in_w + w1] {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// Backward of `nn.AdaptiveAvgPool2d`.
+///
+/// **Overwrites** `d_input`. Output `i` along an axis averages inputs
+/// `floor(i·in/out) .. ceil((i+1)·in/out)`, as in PyTorch; its gradient is spread evenly over
+/// that window. Parallel over planes; deterministic.
+///
+/// # Panics
+/// If a slice length disagrees with `g` and `batch`.
+pub fn adaptive_avg_pool2d_backward(
+    g: &AdaptivePoolGeom,
+    batch: usize,
+    d_out: &[f32],
+    d_input: &mut [f32],
+) {
+    let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
+    check_len(
+        "adaptive_avg_pool2d_backward d_out",
+        d_out.len(),
+        batch * g.channels * ohw,
+    );
+    check_len(
+        "adaptive_avg_pool2d_backward d_input",
+        d_input.len(),
+        batch * g.channels * ihw,
+    );
+    if ihw == 0 {
+        return;
+    }
+    if ohw == 0 {
+        d_input.fill(0.0);
+        return;
+    }
+    let axis = |i: usize, inp: usize, out: usize| (i * inp / out, ((i + 1) * inp).div_ceil(out));
+    d_input
+        .par_chunks_mut(ihw)
+        .zip(d_out.par_chunks(ohw))
+        .for_each(|(dx, dy)| {
+            dx.fill(0.0);
+            for oh in 0..g.out_h {
+                let (h0, h1) = axis(oh, g.in_h, g.out_h);
+                for ow in 0..g.out_w {
+                    let (w0, w1) = axis(ow, g.in_w, g.out_w);
+                    let v = dy[oh * g.out_w + ow] / ((h1 - h0) * (w1 - w0)) as f32;
+                    for ih in h0..h1 {
+                        for d in &mut dx[ih * g.in_w + w0..ih * g.in_w + w1] {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::grad::testutil::{Rng, assert_close, dot, fd_grad, to_f64};
+
+    /// PyTorch's pooling output size, with `ceil_mode`.
+    fn out_size(i: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> usize {
+        let span = (i + 2 * p - d * (k - 1) - 1) as isize;
+        let mut o = if ceil {
+            (span as usize).div_ceil(s) + 1
+        } else {
+            span as usize / s + 1
+        };
+        // The last window must start inside the input or the left padding.
+        if ceil && (o - 1) * s >= i + p {
+            o -= 1;
+        }
+        o
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "test geometry builder")]
+    fn geom(
+        c: usize,
+        (in_h, in_w): (usize, usize),
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (ph, pw): (usize, usize),
+        (dh, dw): (usize, usize),
+        ceil: bool,
+        count_include_pad: bool,
+    ) -> Pool2dGeom {
+        Pool2dGeom {
+            channels: c,
+            in_h,
+            in_w,
+            out_h: out_size(in_h, kh, sh, ph, dh, ceil),
+            out_w: out_size(in_w, kw, sw, pw, dw, ceil),
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: sh,
+            stride_w: sw,
+            pad_h: ph,
+            pad_w: pw,
+            dilation_h: dh,
+            dilation_w: dw,
+            count_include_pad,
+        }
+    }
+
+    /// Naive f64 max pooling (padding is -inf).
+    fn max_forward(g: &Pool2dGeom, batch: usize, x: &[f64]) -> Vec<f64> {
+        let mut y = vec![f64::NEG_INFINITY; batch * g.out_len()];
+        for nc in 0..batch * g.channels {
+            for oh in 0..g.out_h {
+                for ow in 0..g.out_w {
+                    let y = &mut y[(nc * g.out_h + oh) * g.out_w + ow];
+                    for kh in 0..g.kernel_h {
+                        for kw in 0..g.kernel_w {
+                            let ih =
+                                (oh * g.stride_h + kh * g.dilation_h) as isize - g.pad_h as isize;
+                            let iw =
+                                (ow * g.stride_w + kw * g.dilation_w) as isize - g.pad_w as isize;
+                            if ih >= 0
+                                && iw >= 0
+                                && (ih as usize) < g.in_h
+                                && (iw as usize) < g.in_w
+                            {
+                                *y = y.max(x[(nc * g.in_h + ih as usize) * g.in_w + iw as usize]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// Naive f64 average pooling with PyTorch's divisor rule.
+    fn avg_forward(g: &Pool2dGeom, batch: usize, x: &[f64]) -> Vec<f64> {
+        let mut y = vec![0.0; batch * g.out_len()];
+        for nc in 0..batch * g.channels {
+            for oh in 0..g.out_h {
+                for ow in 0..g.out_w {
+                    let hs = (oh * g.stride_h) as isize - g.pad_h as isize;
+                    let ws = (ow * g.stride_w) as isize - g.pad_w as isize;
+                    let he = (hs + g.kernel_h as isize).min((g.in_h + g.pad_h) as isize);
+                    let we = (ws + g.kernel_w as isize).min((g.in_w + g.pad_w) as isize);
+                    let pool = (he - hs) * (we - ws);
+                    let (hs, ws) = (hs.max(0), ws.max(0));
+                    let (he, we) = (he.min(g.in_h as isize), we.min(g.in_w as isize));
+                    let mut sum = 0.0;
+                    for ih in hs..he {
+                        for iw in ws..we {
+                            sum += x[(nc * g.in_h + ih as usize) * g.in_w + iw as usize];
+                        }
+                    }
+                    let div = if g.count_include_pad {
+                        pool
+                    } else {
+                        (he - hs) * (we - ws)
+                    };
+                    y[(nc * g.out_h + oh) * g.out_w + ow] = sum / div as f64;
+                }
+            }
+        }
+        y
+    }
+
+    fn adaptive_forward(g: &AdaptivePoolGeom, batch: usize, x: &[f64]) -> Vec<f64> {
+        let mut y = vec![0.0; batch * g.channels * g.out_h * g.out_w];
+        for nc in 0..batch * g.channels {
+            for oh in 0..g.out_h {
+                let (h0, h1) = (oh * g.in_h / g.out_h, ((oh + 1) * g.in_h).div_ceil(g.out_h));
+                for ow in 0..g.out_w {
+                    let (w0, w1) = (ow * g.in_w / g.out_w, ((ow + 1) * g.in_w).div_ceil(g.out_w));
+                    let mut sum = 0.0;
+                    for ih in h0..h1 {
+                        for iw in w0..w1 {
+                            sum += x[(nc * g.in_h + ih) * g.in_w + iw];
+                        }
+                    }
+                    y[(nc * g.out_h + oh) * g.out_w + ow] = sum / ((h1 - h0) * (w1 - w0)) as f64;
+                }
+            }
+        }
+        y
+    }
+
+    fn check_max(g: &Pool2dGeom, batch: usize, seed: u64) {
+        let mut rng = Rng::new(seed);
+        // Distinct values, so every window has a unique maximum and finite differences with a
+        // small step never cross a tie.
+        let n = batch * g.in_len();
+        let mut x: Vec<f32> = (0..n).map(|i| i as f32 * 0.01).collect();
+        for i in (1..n).rev() {
+            x.swap(i, rng.below(i + 1));
+        }
+        let r = rng.vec(batch * g.out_len(), -1.0, 1.0);
+        let mut y = vec![0.0; r.len()];
+        let mut idx = vec![0; r.len()];
+        max_pool2d_train_forward(g, batch, &x, &mut y, &mut idx);
+        let x64 = to_f64(&x);
+        let y64 = max_forward(g, batch, &x64);
+        if y64.iter().any(|v| v.is_infinite()) {
+            return; // A window entirely in padding (dilated): no gradient to check.
+        }
+        assert_close("output", &y, &y64, 0.0, 0.0);
+        let mut dx = vec![f32::NAN; n];
+        max_pool2d_backward(g, batch, &idx, &r, &mut dx);
+        let want = fd_grad(&x64, 1e-4, |x| dot(&r, &max_forward(g, batch, x)));
+        assert_close("d_input", &dx, &want, 1e-5, 1e-5);
+    }
+
+    fn check_avg(g: &Pool2dGeom, batch: usize, seed: u64) {
+        let mut rng = Rng::new(seed);
+        let x = rng.vec(batch * g.in_len(), -1.0, 1.0);
+        let r = rng.vec(batch * g.out_len(), -1.0, 1.0);
+        let mut dx = vec![f32::NAN; x.len()];
+        avg_pool2d_backward(g, batch, &r, &mut dx);
+        let want = fd_grad(&to_f64(&x), 1e-3, |x| dot(&r, &avg_forward(g, batch, x)));
+        assert_close("d_input", &dx, &want, 1e-5, 1e-5);
+    }
+
+    #[test]
+    fn max_pool_2x2() {
+        check_max(
+            &geom(3, (6, 8), (2, 2), (2, 2), (0, 0), (1, 1), false, true),
+            2,
+            1,
+        );
+    }
+
+    #[test]
+    fn max_pool_overlapping_padded_dilated_ceil() {
+        check_max(
+            &geom(2, (7, 9), (3, 2), (2, 1), (1, 1), (2, 3), true, true),
+            2,
+            2,
+        );
+        check_max(
+            &geom(1, (5, 5), (3, 3), (2, 2), (1, 1), (1, 1), true, true),
+            3,
+            3,
+        );
+    }
+
+    #[test]
+    fn max_pool_ties_go_to_the_first_in_window_order() {
+        // Every value equal: PyTorch routes each output's gradient to its window's first element.
+        let g = geom(1, (4, 4), (2, 2), (1, 1), (0, 0), (1, 1), false, true);
+        let x = [1.0f32; 16];
+        let mut y = [0.0; 9];
+        let mut idx = [0u32; 9];
+        max_pool2d_train_forward(&g, 1, &x, &mut y, &mut idx);
+        assert_eq!(idx, [0, 1, 2, 4, 5, 6, 8, 9, 10]);
+        let mut dx = [0.0; 16];
+        max_pool2d_backward(&g, 1, &idx, &[1.0; 9], &mut dx);
+        let want = [
+            1., 1., 1., 0., 1., 1., 1., 0., 1., 1., 1., 0., 0., 0., 0., 0.,
+        ];
+        assert_eq!(dx, want);
+    }
+
+    #[test]
+    fn max_pool_nan_wins_and_padding_is_never_chosen() {
+        let g = geom(1, (2, 2), (2, 2), (1, 1), (1, 1), (1, 1), false, true);
+        let x = [-5.0, f32::NAN, -7.0, -6.0];
+        let mut y = [0.0; 9];
+        let mut idx = [0u32; 9];
+        max_pool2d_train_forward(&g, 1, &x, &mut y, &mut idx);
+        assert_eq!(idx, [0, 1, 1, 0, 1, 1, 2, 3, 3]);
+        assert_eq!(y[0], -5.0);
+        assert!(y[1].is_nan());
+        assert_eq!(y[8], -6.0);
+    }
+
+    #[test]
+    fn avg_pool_divisors() {
+        for cip in [false, true] {
+            check_avg(
+                &geom(2, (5, 7), (3, 3), (2, 2), (1, 1), (1, 1), false, cip),
+                2,
+                4,
+            );
+            // ceil_mode: the last window hangs past the padded input.
+            check_avg(
+                &geom(1, (6, 6), (3, 3), (2, 2), (1, 1), (1, 1), true, cip),
+                1,
+                5,
+            );
+            check_avg(
+                &geom(1, (5, 4), (2, 3), (2, 3), (0, 1), (1, 1), true, cip),
+                2,
+                6,
+            );
+        }
+    }
+
+    #[test]
+    fn avg_pool_known_values() {
+        // 3x3 input, k2 s2 p1, count_include_pad=false: windows clipped to 1, 2 or 4 elements.
+        let g = geom(1, (3, 3), (2, 2), (2, 2), (1, 1), (1, 1), false, false);
+        assert_eq!((g.out_h, g.out_w), (2, 2));
+        let mut dx = [0.0; 9];
+        avg_pool2d_backward(&g, 1, &[1.0, 2.0, 4.0, 8.0], &mut dx);
+        assert_eq!(dx, [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]);
+        let g = Pool2dGeom {
+            count_include_pad: true,
+            ..g
+        };
+        avg_pool2d_backward(&g, 1, &[1.0, 2.0, 4.0, 8.0], &mut dx);
+        assert_eq!(dx, [0.25, 0.5, 0.5, 1.0, 2.0, 2.0, 1.0, 2.0, 2.0]);
+    }
+
+    #[test]
+    fn adaptive_avg_pool() {
+        for (ih, iw, oh, ow) in [(5, 7, 3, 2), (4, 4, 1, 1), (3, 5, 3, 5), (2, 3, 4, 5)] {
+            let g = AdaptivePoolGeom {
+                channels: 2,
+                in_h: ih,
+                in_w: iw,
+                out_h: oh,
+                out_w: ow,
+            };
+            let mut rng = Rng::new(ih as u64);
+            let x = rng.vec(2 * 2 * ih * iw, -1.0, 1.0);
+            let r = rng.vec(2 * 2 * oh * ow, -1.0, 1.0);
+            let mut dx = vec![f32::NAN; x.len()];
+            adaptive_avg_pool2d_backward(&g, 2, &r, &mut dx);
+            let want = fd_grad(&to_f64(&x), 1e-3, |x| dot(&r, &adaptive_forward(&g, 2, x)));
+            assert_close("d_input", &dx, &want, 1e-5, 1e-5);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "max_pool2d_backward d_input")]
+    fn wrong_length_panics() {
+        let g = geom(1, (4, 4), (2, 2), (2, 2), (0, 0), (1, 1), false, true);
+        max_pool2d_backward(&g, 1, &[0; 4], &[0.0; 4], &mut [0.0; 15]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn random_pools_match_finite_differences(
+            c in 1usize..3, in_h in 1usize..9, in_w in 1usize..9, kh in 1usize..4, kw in 1usize..4,
+            sh in 1usize..4, sw in 1usize..4, ph in 0usize..2, pw in 0usize..2,
+            dh in 1usize..3, dw in 1usize..3, ceil: bool, cip: bool, batch in 1usize..3, seed: u64,
+        ) {
+            // PyTorch: padding at most half the kernel, and the dilated window fits the padded input.
+            prop_assume!(2 * ph <= kh && 2 * pw <= kw);
+            prop_assume!(in_h + 2 * ph > dh * (kh - 1) && in_w + 2 * pw > dw * (kw - 1));
+            check_max(&geom(c, (in_h, in_w), (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil, cip), batch, seed);
+            prop_assume!(in_h + 2 * ph >= kh && in_w + 2 * pw >= kw);
+            check_avg(&geom(c, (in_h, in_w), (kh, kw), (sh, sw), (ph, pw), (1, 1), ceil, cip), batch, seed);
+        }
+    }
+}
