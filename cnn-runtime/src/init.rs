@@ -192,7 +192,7 @@ pub fn conv2d_fan_in(
     kernel_h: usize,
     kernel_w: usize,
 ) -> Result<usize, InitError> {
-    if groups == 0 || in_channels % groups != 0 {
+    if groups == 0 || !in_channels.is_multiple_of(groups) {
         return Err(InitError::BadGroups {
             in_channels,
             groups,
