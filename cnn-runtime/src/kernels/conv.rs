@@ -1,0 +1,972 @@
+//! 2-D convolution (`nn.Conv2d`) as a register-blocked GEMM over output pixels.
+//!
+//! The output is computed in tiles of [`MR`] output channels × [`NR`] output pixels (one
+//! AVX-512 vector), accumulating `Σ_{tap, ci} W[co, ci, tap] · X[ci, pixel + tap]`. Columns (the
+//! pixels) run over the whole batch, so small feature maps still fill whole vectors.
+//!
+//! Two ways to feed the input ("B") side:
+//!
+//! - **Direct** (stride 1, output as large as the input, i.e. `padding="same"`, kernel ≤ 16):
+//!   for a fixed tap, the input pixels of 16 consecutive output pixels are 16 consecutive input
+//!   elements, so the kernel reads them straight from the input with a masked load; the mask
+//!   zeroes taps that fall on padding or wrap into the next row or image. Taps whose mask is
+//!   all zero (rows of padding) are skipped. For a batch > 1 the input is first transposed to
+//!   `[C, N, H, W]` in scratch so one vector can span images.
+//! - **Packed** (everything else: strides, `valid` convolutions, huge kernels): the 16 columns'
+//!   input values are gathered (im2col) into a small per-thread buffer, then the same
+//!   microkernel runs unmasked.
+//!
+//! Weights are packed once into `[group][panel][tap][ci][MR]` (zero-padded to `MR` rows), see
+//! [`PackedConv`]. Bias and the activation are applied in the tile's epilogue.
+
+use rayon::prelude::*;
+
+use super::{Activation, Isa, SendPtr, check_len};
+use crate::geom::Conv2dGeom;
+
+/// Output channels per tile.
+const MR: usize = 16;
+/// Output pixels per tile (one AVX-512 vector of `f32`).
+const NR: usize = 16;
+/// Largest kernel side the direct path handles (its masks live on the stack).
+const MAX_DIRECT_KERNEL: usize = 16;
+
+/// Convolution weights packed for the microkernel, plus bias and fused activation.
+///
+/// Build it once per layer ([`PackedConv::new`], which allocates); [`PackedConv::run`] then
+/// does no allocation and needs [`PackedConv::scratch_len`] floats of scratch.
+#[derive(Debug, Clone)]
+pub struct PackedConv {
+    geom: Conv2dGeom,
+    isa: Isa,
+    act: Activation,
+    packed: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl PackedConv {
+    /// Packs `weight` (`[C_out, C_in/groups, kH, kW]`, PyTorch layout) and copies `bias`
+    /// (`[C_out]`); `act` is applied to every output after the bias.
+    ///
+    /// # Panics
+    /// If a slice length does not match `geom`.
+    pub fn new(
+        geom: &Conv2dGeom,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        act: Activation,
+    ) -> PackedConv {
+        PackedConv::with_isa(geom, weight, bias, act, Isa::detect())
+    }
+
+    /// As [`PackedConv::new`], forcing the instruction set (e.g. [`Isa::Portable`]).
+    ///
+    /// # Panics
+    /// If `isa` is not available on this CPU, or a slice length does not match `geom`.
+    pub fn with_isa(
+        geom: &Conv2dGeom,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        act: Activation,
+        isa: Isa,
+    ) -> PackedConv {
+        assert!(
+            isa.is_available(),
+            "conv2d: {isa:?} is not supported by this CPU"
+        );
+        check_geom(geom);
+        check_len("conv2d weight", weight.len(), geom.weight_len());
+        if let Some(b) = bias {
+            check_len("conv2d bias", b.len(), geom.out_channels);
+        }
+        let mut packed = vec![0.0; packed_len(geom)];
+        pack_weights(geom, weight, &mut packed);
+        PackedConv {
+            geom: *geom,
+            isa,
+            act,
+            packed,
+            bias: bias.map(<[f32]>::to_vec),
+        }
+    }
+
+    /// The geometry this convolution was built for.
+    pub fn geom(&self) -> &Conv2dGeom {
+        &self.geom
+    }
+
+    /// Minimum scratch length for [`PackedConv::run`] on `batch` images with `threads` rayon
+    /// threads (pass the `current_num_threads()` of the pool you will run in).
+    pub fn scratch_len(&self, batch: usize, threads: usize) -> usize {
+        run_scratch_len(&self.geom, batch, threads)
+    }
+
+    /// Runs the convolution on `batch` images: `input` is `[batch, C_in, H, W]`, `output`
+    /// `[batch, C_out, H_out, W_out]` (overwritten).
+    ///
+    /// # Panics
+    /// If a slice is shorter or longer than the geometry says, or `scratch` is shorter than
+    /// [`PackedConv::scratch_len`] for the current pool.
+    pub fn run(&self, batch: usize, input: &[f32], output: &mut [f32], scratch: &mut [f32]) {
+        let core = Core {
+            g: &self.geom,
+            isa: self.isa,
+            act: self.act,
+            a: &self.packed,
+            bias: self.bias.as_deref(),
+        };
+        run_core(&core, batch, input, output, scratch);
+    }
+}
+
+/// Minimum scratch length for [`conv2d`] / [`conv2d_act`] on `batch` images with `threads`
+/// rayon threads (the `current_num_threads()` of the pool the call runs in). It includes room
+/// to pack the weights, which [`PackedConv`] does once instead.
+pub fn conv2d_scratch_len(g: &Conv2dGeom, batch: usize, threads: usize) -> usize {
+    packed_len(g) + run_scratch_len(g, batch, threads)
+}
+
+/// `nn.Conv2d` forward on `batch` images without prepared weights.
+///
+/// `input` is `[batch, C_in, H, W]`, `weight` `[C_out, C_in/groups, kH, kW]`, `bias`
+/// `[C_out]`, `output` `[batch, C_out, H_out, W_out]` (overwritten). Taps outside the input
+/// read zero; `pad_top`/`pad_left` shift the window, and `out_h`/`out_w` decide how far it
+/// reaches past the bottom/right edge. Packs the weights into `scratch` on every call; prefer
+/// [`PackedConv`] for repeated calls.
+///
+/// # Panics
+/// If a slice length does not match the geometry, or `scratch` is shorter than
+/// [`conv2d_scratch_len`].
+pub fn conv2d(
+    g: &Conv2dGeom,
+    batch: usize,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    output: &mut [f32],
+    scratch: &mut [f32],
+) {
+    conv2d_act(
+        g,
+        batch,
+        input,
+        weight,
+        bias,
+        Activation::Identity,
+        output,
+        scratch,
+    );
+}
+
+/// [`conv2d`] with an activation fused into the epilogue (`act(conv(x) + bias)`).
+///
+/// # Panics
+/// As [`conv2d`].
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors conv2d's slice-in, slice-out signature plus the fused activation"
+)]
+pub fn conv2d_act(
+    g: &Conv2dGeom,
+    batch: usize,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    output: &mut [f32],
+    scratch: &mut [f32],
+) {
+    check_geom(g);
+    check_len("conv2d weight", weight.len(), g.weight_len());
+    if let Some(b) = bias {
+        check_len("conv2d bias", b.len(), g.out_channels);
+    }
+    let plen = packed_len(g);
+    assert!(
+        scratch.len() >= plen,
+        "conv2d scratch: slice has {} elements, need at least {}",
+        scratch.len(),
+        conv2d_scratch_len(g, batch, rayon::current_num_threads())
+    );
+    let (packed, rest) = scratch.split_at_mut(plen);
+    pack_weights(g, weight, packed);
+    let core = Core {
+        g,
+        isa: Isa::detect(),
+        act,
+        a: packed,
+        bias,
+    };
+    run_core(&core, batch, input, output, rest);
+}
+
+fn check_geom(g: &Conv2dGeom) {
+    assert!(
+        g.groups > 0
+            && g.in_channels.is_multiple_of(g.groups)
+            && g.out_channels.is_multiple_of(g.groups),
+        "conv2d: channels ({} in, {} out) not divisible by groups ({})",
+        g.in_channels,
+        g.out_channels,
+        g.groups
+    );
+    assert!(
+        g.stride_h > 0 && g.stride_w > 0 && g.dilation_h > 0 && g.dilation_w > 0,
+        "conv2d: zero stride or dilation in {g:?}"
+    );
+}
+
+fn panels_per_group(g: &Conv2dGeom) -> usize {
+    (g.out_channels / g.groups).div_ceil(MR)
+}
+
+fn taps(g: &Conv2dGeom) -> usize {
+    g.kernel_h * g.kernel_w
+}
+
+/// Floats in the packed weights: `[group][panel][tap][ci][MR]`.
+fn packed_len(g: &Conv2dGeom) -> usize {
+    g.groups * panels_per_group(g) * taps(g) * (g.in_channels / g.groups) * MR
+}
+
+fn pack_weights(g: &Conv2dGeom, weight: &[f32], dst: &mut [f32]) {
+    let cin = g.in_channels / g.groups;
+    let cout = g.out_channels / g.groups;
+    let t_n = taps(g);
+    let mp = panels_per_group(g);
+    let panel = t_n * cin * MR;
+    for grp in 0..g.groups {
+        for p in 0..mp {
+            let d = &mut dst[(grp * mp + p) * panel..][..panel];
+            for t in 0..t_n {
+                for ci in 0..cin {
+                    for r in 0..MR {
+                        let co = p * MR + r;
+                        d[(t * cin + ci) * MR + r] = if co < cout {
+                            weight[((grp * cout + co) * cin + ci) * t_n + t]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether the direct (masked shifted load) path applies.
+fn is_direct(g: &Conv2dGeom) -> bool {
+    g.stride_h == 1
+        && g.stride_w == 1
+        && g.out_h == g.in_h
+        && g.out_w == g.in_w
+        && g.kernel_h <= MAX_DIRECT_KERNEL
+        && g.kernel_w <= MAX_DIRECT_KERNEL
+}
+
+/// Scratch for the transposed `[C, N, H, W]` input (direct path, batch > 1).
+fn transpose_len(g: &Conv2dGeom, batch: usize) -> usize {
+    if is_direct(g) && batch > 1 && g.in_channels > 1 {
+        g.in_len() * batch
+    } else {
+        0
+    }
+}
+
+/// Scratch per thread: the im2col buffer of one column vector (packed path only).
+fn per_thread_len(g: &Conv2dGeom) -> usize {
+    if is_direct(g) {
+        0
+    } else {
+        taps(g) * (g.in_channels / g.groups) * NR
+    }
+}
+
+fn run_scratch_len(g: &Conv2dGeom, batch: usize, threads: usize) -> usize {
+    transpose_len(g, batch) + threads.max(1) * per_thread_len(g)
+}
+
+/// Everything a convolution run needs besides the tensors.
+struct Core<'a> {
+    g: &'a Conv2dGeom,
+    isa: Isa,
+    act: Activation,
+    /// Packed weights, see [`packed_len`].
+    a: &'a [f32],
+    bias: Option<&'a [f32]>,
+}
+
+/// One tile's input side: where the B values are and how to step through them.
+struct TileIn<'a> {
+    /// Packed weights of this panel: `[tap][ci][MR]`.
+    a: &'a [f32],
+    /// Buffer the B values are read from (input, transposed input or im2col buffer).
+    src: &'a [f32],
+    /// Index in `src` of lane 0 at tap (0, 0), channel 0; may lie outside `src` (direct path:
+    /// only lanes whose mask bit is set are read, and those are in bounds).
+    base: isize,
+    cin: usize,
+    /// Index step between input channels, kernel rows and kernel columns.
+    cs: isize,
+    khs: isize,
+    kws: isize,
+    kh: usize,
+    kw: usize,
+    /// Direct path: lanes whose kernel row `kh` / column `kw` stays inside the input.
+    masks: Option<(&'a [u16], &'a [u16])>,
+}
+
+/// One tile's output side.
+struct TileOut<'a> {
+    out: SendPtr,
+    /// `(lane mask, index offset)` of each run of lanes that is contiguous in the output: lane
+    /// `l` of row `co` goes to `out[offset + co * ohw + l]`.
+    segs: &'a [(u16, isize)],
+    /// First output channel of the tile, and how many of its `MR` rows exist.
+    co0: usize,
+    rows: usize,
+    ohw: usize,
+    bias: Option<&'a [f32]>,
+    act: Activation,
+}
+
+/// Per-column-vector bookkeeping, recomputed when a worker moves to the next vector.
+struct ColVec {
+    /// Batch index, output row and output column of each lane (valid for `l < lanes`).
+    n: [usize; NR],
+    oh: [usize; NR],
+    ow: [usize; NR],
+    lanes: usize,
+    segs: [(u16, isize); NR],
+    nsegs: usize,
+    row_mask: [u16; MAX_DIRECT_KERNEL],
+    col_mask: [u16; MAX_DIRECT_KERNEL],
+}
+
+impl ColVec {
+    fn new() -> ColVec {
+        ColVec {
+            n: [0; NR],
+            oh: [0; NR],
+            ow: [0; NR],
+            lanes: 0,
+            segs: [(0, 0); NR],
+            nsegs: 0,
+            row_mask: [0; MAX_DIRECT_KERNEL],
+            col_mask: [0; MAX_DIRECT_KERNEL],
+        }
+    }
+
+    /// Fills the lane coordinates and output segments of the vector starting at column `c0`.
+    fn locate(&mut self, g: &Conv2dGeom, c0: usize, total: usize) {
+        let ohw = g.out_h * g.out_w;
+        let lanes = NR.min(total - c0);
+        self.lanes = lanes;
+        let (mut n, p) = (c0 / ohw, c0 % ohw);
+        let (mut oh, mut ow) = (p / g.out_w, p % g.out_w);
+        for l in 0..lanes {
+            self.n[l] = n;
+            self.oh[l] = oh;
+            self.ow[l] = ow;
+            ow += 1;
+            if ow == g.out_w {
+                ow = 0;
+                oh += 1;
+                if oh == g.out_h {
+                    oh = 0;
+                    n += 1;
+                }
+            }
+        }
+        // Runs of lanes in the same image are contiguous in the output.
+        self.nsegs = 0;
+        let mut l = 0;
+        while l < lanes {
+            let n = self.n[l];
+            let p = self.oh[l] * g.out_w + self.ow[l];
+            let len = (lanes - l).min(ohw - p);
+            let mask = (((1u32 << len) - 1) << l) as u16;
+            let off = (n * g.out_channels * ohw + p) as isize - l as isize;
+            self.segs[self.nsegs] = (mask, off);
+            self.nsegs += 1;
+            l += len;
+        }
+    }
+
+    /// Direct path: which lanes each kernel row / column keeps inside the input.
+    fn direct_masks(&mut self, g: &Conv2dGeom) {
+        for kh in 0..g.kernel_h {
+            let dy = (kh * g.dilation_h) as isize - g.pad_top as isize;
+            let mut m = 0u16;
+            for l in 0..self.lanes {
+                let ih = self.oh[l] as isize + dy;
+                if ih >= 0 && ih < g.in_h as isize {
+                    m |= 1 << l;
+                }
+            }
+            self.row_mask[kh] = m;
+        }
+        for kw in 0..g.kernel_w {
+            let dx = (kw * g.dilation_w) as isize - g.pad_left as isize;
+            let mut m = 0u16;
+            for l in 0..self.lanes {
+                let iw = self.ow[l] as isize + dx;
+                if iw >= 0 && iw < g.in_w as isize {
+                    m |= 1 << l;
+                }
+            }
+            self.col_mask[kw] = m;
+        }
+    }
+
+    /// Packed path: gathers the vector's input values of group `grp` into `buf` as
+    /// `[tap][ci][NR]`, zero where a tap falls on padding or past the last column.
+    fn im2col(&self, g: &Conv2dGeom, grp: usize, input: &[f32], buf: &mut [f32]) {
+        let cin = g.in_channels / g.groups;
+        let hw = g.in_h * g.in_w;
+        for kh in 0..g.kernel_h {
+            for kw in 0..g.kernel_w {
+                let t = kh * g.kernel_w + kw;
+                for l in 0..NR {
+                    let mut src = None;
+                    if l < self.lanes {
+                        let ih = (self.oh[l] * g.stride_h + kh * g.dilation_h) as isize
+                            - g.pad_top as isize;
+                        let iw = (self.ow[l] * g.stride_w + kw * g.dilation_w) as isize
+                            - g.pad_left as isize;
+                        if ih >= 0 && ih < g.in_h as isize && iw >= 0 && iw < g.in_w as isize {
+                            src = Some(
+                                (self.n[l] * g.in_channels + grp * cin) * hw
+                                    + ih as usize * g.in_w
+                                    + iw as usize,
+                            );
+                        }
+                    }
+                    for ci in 0..cin {
+                        buf[(t * cin + ci) * NR + l] = match src {
+                            Some(i) => input[i + ci * hw],
+                            None => 0.0,
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn run_core(c: &Core, batch: usize, input: &[f32], output: &mut [f32], scratch: &mut [f32]) {
+    let g = c.g;
+    check_geom(g);
+    check_len("conv2d input", input.len(), batch * g.in_len());
+    check_len("conv2d output", output.len(), batch * g.out_len());
+    let nt = rayon::current_num_threads().max(1);
+    let need = run_scratch_len(g, batch, nt);
+    assert!(
+        scratch.len() >= need,
+        "conv2d scratch: slice has {} elements, need at least {need} for {nt} threads",
+        scratch.len()
+    );
+    let ohw = g.out_h * g.out_w;
+    let total = batch * ohw;
+    if total == 0 || g.out_channels == 0 {
+        return;
+    }
+    let direct = is_direct(g);
+    let (tbuf, rest) = scratch.split_at_mut(transpose_len(g, batch));
+    let hw = g.in_h * g.in_w;
+    let src: &[f32] = if tbuf.is_empty() {
+        input
+    } else {
+        // [N, C, H·W] -> [C, N, H·W]
+        tbuf.par_chunks_mut(batch * hw)
+            .enumerate()
+            .for_each(|(ci, dst)| {
+                for n in 0..batch {
+                    let s = (n * g.in_channels + ci) * hw;
+                    dst[n * hw..][..hw].copy_from_slice(&input[s..][..hw]);
+                }
+            });
+        tbuf
+    };
+    let nvec = total.div_ceil(NR);
+    let mp = panels_per_group(g);
+    let units = nvec * g.groups * mp;
+    let work = Work {
+        c,
+        src,
+        input,
+        direct,
+        total,
+        mp,
+        units,
+        out: SendPtr(output.as_mut_ptr()),
+    };
+    let per = per_thread_len(g);
+    if nt == 1 || units == 1 {
+        work.run(0, 1, &mut rest[..per]);
+    } else if per == 0 {
+        let w = &work;
+        (0..nt).into_par_iter().for_each(|t| w.run(t, nt, &mut []));
+    } else {
+        let w = &work;
+        rest[..nt * per]
+            .par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(t, buf)| w.run(t, nt, buf));
+    }
+}
+
+/// A convolution split into `units` tiles, ordered column vector, group, panel.
+struct Work<'a> {
+    c: &'a Core<'a>,
+    /// Where the direct path reads (input, or its `[C, N, H, W]` transpose).
+    src: &'a [f32],
+    input: &'a [f32],
+    direct: bool,
+    total: usize,
+    mp: usize,
+    units: usize,
+    out: SendPtr,
+}
+
+// SAFETY: `out` is only written through tiles that are disjoint between workers (see `run`);
+// everything else is shared read-only data.
+unsafe impl Sync for Work<'_> {}
+
+impl Work<'_> {
+    /// Worker `t` of `parts` computes tiles `[units·t/parts, units·(t+1)/parts)`. Tiles write
+    /// disjoint output elements (distinct column vectors or distinct output channels), so
+    /// workers never write the same element.
+    fn run(&self, t: usize, parts: usize, buf: &mut [f32]) {
+        let g = self.c.g;
+        let cin = g.in_channels / g.groups;
+        let cout = g.out_channels / g.groups;
+        let t_n = taps(g);
+        let panel_len = t_n * cin * MR;
+        let (u0, u1) = (self.units * t / parts, self.units * (t + 1) / parts);
+        let mut cv = ColVec::new();
+        let mut cur = (usize::MAX, usize::MAX);
+        let per_vec = g.groups * self.mp;
+        let ohw = g.out_h * g.out_w;
+        for u in u0..u1 {
+            let v = u / per_vec;
+            let grp = (u % per_vec) / self.mp;
+            let p = u % self.mp;
+            if cur.0 != v {
+                cv.locate(g, v * NR, self.total);
+                if self.direct {
+                    cv.direct_masks(g);
+                }
+                cur = (v, usize::MAX);
+            }
+            if !self.direct && cur.1 != grp {
+                cv.im2col(g, grp, self.input, buf);
+                cur.1 = grp;
+            }
+            let a = &self.c.a[(grp * self.mp + p) * panel_len..][..panel_len];
+            let tin = if self.direct {
+                let cs = (self.total / ohw * g.in_h * g.in_w) as isize; // batch · H · W
+                TileIn {
+                    a,
+                    src: self.src,
+                    base: (grp * cin) as isize * cs + (v * NR) as isize
+                        - (g.pad_top * g.in_w + g.pad_left) as isize,
+                    cin,
+                    cs,
+                    khs: (g.dilation_h * g.in_w) as isize,
+                    kws: g.dilation_w as isize,
+                    kh: g.kernel_h,
+                    kw: g.kernel_w,
+                    masks: Some((&cv.row_mask[..g.kernel_h], &cv.col_mask[..g.kernel_w])),
+                }
+            } else {
+                TileIn {
+                    a,
+                    src: buf,
+                    base: 0,
+                    cin,
+                    cs: NR as isize,
+                    khs: (g.kernel_w * cin * NR) as isize,
+                    kws: (cin * NR) as isize,
+                    kh: g.kernel_h,
+                    kw: g.kernel_w,
+                    masks: None,
+                }
+            };
+            let tout = TileOut {
+                out: self.out,
+                segs: &cv.segs[..cv.nsegs],
+                co0: grp * cout + p * MR,
+                rows: MR.min(cout - p * MR),
+                ohw,
+                bias: self.c.bias,
+                act: self.c.act,
+            };
+            tile(self.c.isa, &tin, &tout);
+        }
+    }
+}
+
+fn tile(isa: Isa, tin: &TileIn, tout: &TileOut) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            // SAFETY: `Isa::Avx512` is only used after `is_available` confirmed avx512f
+            // (`PackedConv::with_isa` asserts it; `conv2d` uses `Isa::detect`). The tile's
+            // reads and writes are in bounds as documented on `TileIn` / `TileOut`.
+            unsafe {
+                if tin.masks.is_some() {
+                    tile_avx512::<true>(tin, tout)
+                } else {
+                    tile_avx512::<false>(tin, tout)
+                }
+            }
+        }
+        _ => tile_portable(tin, tout),
+    }
+}
+
+/// Portable microkernel: same loop structure as the AVX-512 one, in plain Rust.
+fn tile_portable(tin: &TileIn, tout: &TileOut) {
+    let mut acc = [[0.0f32; NR]; MR];
+    for kh in 0..tin.kh {
+        for kw in 0..tin.kw {
+            let m = match tin.masks {
+                Some((rm, cm)) => rm[kh] & cm[kw],
+                None => u16::MAX,
+            };
+            if m == 0 {
+                continue;
+            }
+            let ap = &tin.a[(kh * tin.kw + kw) * tin.cin * MR..];
+            let bp = tin.base + kh as isize * tin.khs + kw as isize * tin.kws;
+            for ci in 0..tin.cin {
+                let mut bv = [0.0f32; NR];
+                for (l, b) in bv.iter_mut().enumerate() {
+                    if m >> l & 1 == 1 {
+                        *b = tin.src[(bp + ci as isize * tin.cs + l as isize) as usize];
+                    }
+                }
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let w = ap[ci * MR + r];
+                    for l in 0..NR {
+                        row[l] += w * bv[l];
+                    }
+                }
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate().take(tout.rows) {
+        let co = tout.co0 + r;
+        let b = tout.bias.map_or(0.0, |b| b[co]);
+        for &(m, off) in tout.segs {
+            for (l, v) in row.iter().enumerate() {
+                if m >> l & 1 == 1 {
+                    let idx = off + (co * tout.ohw + l) as isize;
+                    // SAFETY: `segs` only sets lanes that map to an output element of this
+                    // tile (`ColVec::locate`), which lies inside the output slice; no other
+                    // worker writes it (`Work::run`).
+                    unsafe { tout.out.0.offset(idx).write(tout.act.apply(v + b)) };
+                }
+            }
+        }
+    }
+}
+
+/// AVX-512 microkernel: 16 output channels × 16 pixels in 16 zmm accumulators.
+///
+/// # Safety
+/// The CPU must support avx512f. Every lane with its mask bit set (all lanes when `MASKED`
+/// is false) must address an element of `tin.src`; `tin.a` holds `taps · cin · MR` floats;
+/// `tout` must describe output elements that only this call writes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const MASKED: bool>(tin: &TileIn, tout: &TileOut) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); MR];
+    let a = tin.a.as_ptr();
+    let src = tin.src.as_ptr();
+    debug_assert!(tin.a.len() >= tin.kh * tin.kw * tin.cin * MR);
+    let (rm, cm) = tin.masks.unwrap_or((&[], &[]));
+    for kh in 0..tin.kh {
+        let rmask = if MASKED {
+            rm.get(kh).copied().unwrap_or(0)
+        } else {
+            u16::MAX
+        };
+        if rmask == 0 {
+            continue;
+        }
+        for kw in 0..tin.kw {
+            let m = if MASKED {
+                rmask & cm.get(kw).copied().unwrap_or(0)
+            } else {
+                u16::MAX
+            };
+            if m == 0 {
+                continue;
+            }
+            // SAFETY: tap `kh·kw_n + kw` < taps, so the panel offset is inside `tin.a`.
+            let ap = unsafe { a.add((kh * tin.kw + kw) * tin.cin * MR) };
+            let bp = tin.base + kh as isize * tin.khs + kw as isize * tin.kws;
+            for ci in 0..tin.cin {
+                let p = src.wrapping_offset(bp + ci as isize * tin.cs);
+                // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off
+                // lanes are not accessed, so `p` itself may point outside it).
+                let bv = unsafe {
+                    if MASKED {
+                        _mm512_maskz_loadu_ps(m, p)
+                    } else {
+                        _mm512_loadu_ps(p)
+                    }
+                };
+                // SAFETY: `ci·MR + r` < cin·MR for this tap's slice of the panel.
+                let ar = unsafe { ap.add(ci * MR) };
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    // SAFETY: r < MR, see above.
+                    let w = unsafe { *ar.add(r) };
+                    *acc_r = _mm512_fmadd_ps(_mm512_set1_ps(w), bv, *acc_r);
+                }
+            }
+        }
+    }
+    let zero = _mm512_setzero_ps();
+    for (r, &acc_r) in acc.iter().enumerate().take(tout.rows) {
+        let co = tout.co0 + r;
+        let mut v = acc_r;
+        if let Some(b) = tout.bias {
+            v = _mm512_add_ps(v, _mm512_set1_ps(b[co]));
+        }
+        match tout.act {
+            Activation::Identity => {}
+            // max(0, v) returns its second operand when one is NaN, so NaN stays NaN.
+            Activation::Relu => v = _mm512_max_ps(zero, v),
+            Activation::LeakyRelu(s) => {
+                let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero);
+                v = _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(s));
+            }
+        }
+        for &(m, off) in tout.segs {
+            let p = tout.out.0.wrapping_offset(off + (co * tout.ohw) as isize);
+            // SAFETY: lanes set in `m` map to output elements of this tile inside the output
+            // slice (`ColVec::locate`); masked-off lanes are not accessed. No other worker
+            // writes them (`Work::run`).
+            unsafe { _mm512_mask_storeu_ps(p, m, v) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::kernels::reference;
+    use crate::kernels::testutil::{assert_close, data};
+
+    fn isas() -> Vec<Isa> {
+        let mut v = vec![Isa::Portable];
+        if Isa::Avx512.is_available() {
+            v.push(Isa::Avx512);
+        }
+        v
+    }
+
+    /// Output size PyTorch computes for one side, with extra bottom/right padding `extra`.
+    fn out_size(i: usize, k: usize, s: usize, p: usize, extra: usize, d: usize) -> usize {
+        (i + p + extra - d * (k - 1) - 1) / s + 1
+    }
+
+    /// Checks every ISA, with and without bias and activation, at 1 and 2 threads.
+    fn check(g: Conv2dGeom, batch: usize) {
+        let x = data(batch * g.in_len(), 1);
+        let w = data(g.weight_len(), 2);
+        let b = data(g.out_channels, 3);
+        let k = g.in_channels / g.groups * g.kernel_h * g.kernel_w;
+        for (bias, act) in [
+            (None, Activation::Identity),
+            (Some(&b[..]), Activation::Relu),
+            (Some(&b[..]), Activation::LeakyRelu(0.1)),
+        ] {
+            let mut want = vec![0.0; batch * g.out_len()];
+            reference::conv2d(&g, batch, &x, &w, bias, &mut want);
+            for v in &mut want {
+                *v = act.apply(*v);
+            }
+            for isa in isas() {
+                for threads in [1, 2] {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let conv = PackedConv::with_isa(&g, &w, bias, act, isa);
+                    let mut got = vec![f32::NAN; batch * g.out_len()];
+                    let mut scratch = vec![0.0; conv.scratch_len(batch, threads)];
+                    pool.install(|| conv.run(batch, &x, &mut got, &mut scratch));
+                    assert_close(
+                        &got,
+                        &want,
+                        k,
+                        &format!("{g:?} batch {batch} {isa:?} {act:?}"),
+                    );
+                }
+            }
+        }
+        // The unprepared entry point.
+        let mut want = vec![0.0; batch * g.out_len()];
+        reference::conv2d(&g, batch, &x, &w, Some(&b), &mut want);
+        let mut got = vec![f32::NAN; batch * g.out_len()];
+        let mut scratch = vec![0.0; conv2d_scratch_len(&g, batch, rayon::current_num_threads())];
+        conv2d(&g, batch, &x, &w, Some(&b), &mut got, &mut scratch);
+        assert_close(&got, &want, k, "conv2d");
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "test helper mirroring nn.Conv2d")]
+    fn geom(
+        cin: usize,
+        cout: usize,
+        (h, w): (usize, usize),
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (ph, pw): (usize, usize),
+        (dh, dw): (usize, usize),
+        groups: usize,
+    ) -> Conv2dGeom {
+        Conv2dGeom {
+            in_channels: cin,
+            in_h: h,
+            in_w: w,
+            out_channels: cout,
+            out_h: out_size(h, kh, sh, ph, ph, dh),
+            out_w: out_size(w, kw, sw, pw, pw, dw),
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: sh,
+            stride_w: sw,
+            pad_top: ph,
+            pad_left: pw,
+            dilation_h: dh,
+            dilation_w: dw,
+            groups,
+        }
+    }
+
+    #[test]
+    fn seed_shapes() {
+        check(geom(1, 16, (28, 28), (5, 5), (1, 1), (2, 2), (1, 1), 1), 2);
+        check(geom(16, 32, (14, 14), (5, 5), (1, 1), (2, 2), (1, 1), 1), 3);
+        check(geom(32, 64, (7, 7), (5, 5), (1, 1), (2, 2), (1, 1), 1), 3);
+    }
+
+    #[test]
+    fn strided_padded() {
+        check(geom(3, 8, (11, 9), (3, 3), (2, 2), (1, 1), (1, 1), 1), 2);
+        check(geom(2, 5, (10, 10), (4, 2), (3, 1), (2, 0), (1, 1), 1), 1);
+    }
+
+    #[test]
+    fn dilated() {
+        check(geom(3, 17, (12, 13), (3, 3), (1, 1), (2, 2), (2, 2), 1), 2);
+        check(geom(2, 4, (9, 9), (3, 2), (1, 2), (0, 1), (3, 2), 1), 2);
+    }
+
+    #[test]
+    fn grouped_and_depthwise() {
+        check(geom(6, 9, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1), 3), 2);
+        check(geom(8, 8, (9, 7), (3, 3), (1, 1), (1, 1), (1, 1), 8), 2);
+        check(geom(4, 8, (9, 7), (3, 3), (2, 2), (1, 1), (1, 1), 4), 1);
+    }
+
+    #[test]
+    fn one_by_one_and_kernel_equals_input() {
+        check(geom(5, 33, (6, 7), (1, 1), (1, 1), (0, 0), (1, 1), 1), 3);
+        check(geom(3, 20, (5, 6), (5, 6), (1, 1), (0, 0), (1, 1), 1), 4);
+        check(geom(2, 3, (1, 1), (1, 1), (1, 1), (0, 0), (1, 1), 1), 5);
+    }
+
+    #[test]
+    fn asymmetric_same_padding() {
+        // padding="same" with an even kernel: 1 above/left, 2 below/right.
+        let mut g = geom(3, 4, (7, 6), (4, 4), (1, 1), (1, 1), (1, 1), 1);
+        g.out_h = 7;
+        g.out_w = 6;
+        check(g, 2);
+    }
+
+    #[test]
+    fn relu_keeps_nan() {
+        let g = geom(1, 1, (4, 4), (1, 1), (1, 1), (0, 0), (1, 1), 1);
+        let mut x = vec![1.0; 16];
+        x[5] = f32::NAN;
+        x[6] = -1.0;
+        for isa in isas() {
+            let conv = PackedConv::with_isa(&g, &[1.0], None, Activation::Relu, isa);
+            let mut y = vec![0.0; 16];
+            let mut s = vec![0.0; conv.scratch_len(1, rayon::current_num_threads())];
+            conv.run(1, &x, &mut y, &mut s);
+            assert!(y[5].is_nan(), "{isa:?}");
+            assert_eq!(y[6], 0.0);
+            assert_eq!(y[0], 1.0);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "conv2d input")]
+    fn wrong_input_length_panics() {
+        let g = geom(1, 1, (4, 4), (1, 1), (1, 1), (0, 0), (1, 1), 1);
+        let conv = PackedConv::new(&g, &[1.0], None, Activation::Identity);
+        conv.run(1, &[0.0; 15], &mut [0.0; 16], &mut []);
+    }
+
+    prop_compose! {
+        fn any_conv()(
+            groups in 1usize..=3, cin_g in 1usize..=3, cout_g in 1usize..=18,
+            kh in 1usize..=4, kw in 1usize..=4, sh in 1usize..=3, sw in 1usize..=3,
+            dh in 1usize..=2, dw in 1usize..=2,
+            h in 1usize..=10, w in 1usize..=10, ph in 0usize..=2, pw in 0usize..=2,
+            eh in 0usize..=2, ew in 0usize..=2, same in proptest::bool::ANY,
+        ) -> Option<Conv2dGeom> {
+            let (sh, sw) = if same { (1, 1) } else { (sh, sw) };
+            let span_h = dh * (kh - 1) + 1;
+            let span_w = dw * (kw - 1) + 1;
+            if h + ph + eh < span_h || w + pw + ew < span_w {
+                return None;
+            }
+            let mut g = Conv2dGeom {
+                in_channels: cin_g * groups,
+                in_h: h,
+                in_w: w,
+                out_channels: cout_g * groups,
+                out_h: out_size(h, kh, sh, ph, eh, dh),
+                out_w: out_size(w, kw, sw, pw, ew, dw),
+                kernel_h: kh,
+                kernel_w: kw,
+                stride_h: sh,
+                stride_w: sw,
+                pad_top: ph,
+                pad_left: pw,
+                dilation_h: dh,
+                dilation_w: dw,
+                groups,
+            };
+            if same && (g.out_h != h || g.out_w != w) {
+                // Force the direct path's shape when it is reachable.
+                if h + ph + ph >= span_h && w + pw + pw >= span_w {
+                    g.out_h = h;
+                    g.out_w = w;
+                }
+            }
+            Some(g)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn matches_reference(g in any_conv(), batch in 1usize..=3) {
+            if let Some(g) = g {
+                check(g, batch);
+            }
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! Pooling: `nn.MaxPool2d`, `nn.AvgPool2d`, `nn.AdaptiveAvgPool2d`.
+//!
+//! Each image plane is independent; planes are spread over the current rayon pool in groups
+//! large enough to be worth a task.
+
+use rayon::prelude::*;
+
+use super::check_len;
+use crate::geom::{AdaptivePoolGeom, Pool2dGeom};
+
+/// Runs `f(input_plane, output_plane)` for every plane, in parallel.
+fn planes(
+    input: &[f32],
+    in_plane: usize,
+    output: &mut [f32],
+    out_plane: usize,
+    f: impl Fn(&[f32], &mut [f32]) + Sync,
+) {
+    if output.is_empty() || out_plane == 0 {
+        return;
+    }
+    let min = (1 << 14) / (in_plane + out_plane).max(1) + 1;
+    output
+        .par_chunks_mut(out_plane)
+        .zip(input.par_chunks(in_plane.max(1)))
+        .with_min_len(min)
+        .for_each(|(y, x)| f(x, y));
+}
+
+/// PyTorch's max: a NaN anywhere in the window wins.
+#[inline(always)]
+fn nan_max(m: f32, v: f32) -> f32 {
+    if v > m || v.is_nan() { v } else { m }
+}
+
+/// `nn.MaxPool2d` forward: the maximum of each window (dilation allowed); padded positions
+/// count as −∞ and a NaN in the window makes the output NaN. `out_h`/`out_w` already include
+/// `ceil_mode`.
+///
+/// # Panics
+/// If a slice length does not match `g` and `batch`.
+pub fn max_pool2d(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f32]) {
+    check_len("max_pool2d input", input.len(), batch * g.in_len());
+    check_len("max_pool2d output", output.len(), batch * g.out_len());
+    let (ih, iw, oh_n, ow_n) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    let simple_2x2 = g.kernel_h == 2
+        && g.kernel_w == 2
+        && g.stride_h == 2
+        && g.stride_w == 2
+        && g.pad_h == 0
+        && g.pad_w == 0
+        && 2 * oh_n <= ih
+        && 2 * ow_n <= iw;
+    planes(input, ih * iw, output, oh_n * ow_n, |x, y| {
+        if simple_2x2 {
+            for (oh, yrow) in y.chunks_exact_mut(ow_n).enumerate() {
+                let r0 = &x[2 * oh * iw..][..2 * ow_n];
+                let r1 = &x[(2 * oh + 1) * iw..][..2 * ow_n];
+                for ((o, a), b) in yrow
+                    .iter_mut()
+                    .zip(r0.chunks_exact(2))
+                    .zip(r1.chunks_exact(2))
+                {
+                    *o = nan_max(nan_max(nan_max(a[0], a[1]), b[0]), b[1]);
+                }
+            }
+            return;
+        }
+        for oh in 0..oh_n {
+            let h0 = (oh * g.stride_h) as isize - g.pad_h as isize;
+            for ow in 0..ow_n {
+                let w0 = (ow * g.stride_w) as isize - g.pad_w as isize;
+                let mut m = f32::NEG_INFINITY;
+                for kh in 0..g.kernel_h {
+                    let h = h0 + (kh * g.dilation_h) as isize;
+                    if h < 0 || h >= ih as isize {
+                        continue;
+                    }
+                    let row = &x[h as usize * iw..][..iw];
+                    for kw in 0..g.kernel_w {
+                        let w = w0 + (kw * g.dilation_w) as isize;
+                        if w >= 0 && w < iw as isize {
+                            m = nan_max(m, row[w as usize]);
+                        }
+                    }
+                }
+                y[oh * ow_n + ow] = m;
+            }
+        }
+    });
+}
+
+/// `nn.AvgPool2d` forward (`dilation` must be 1). The divisor follows PyTorch: the window is
+/// first clipped to the padded input (`pool_size`), then to the input; the divisor is
+/// `pool_size` with `count_include_pad`, else the clipped window's size.
+///
+/// # Panics
+/// If a slice length does not match `g` and `batch`.
+pub fn avg_pool2d(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f32]) {
+    check_len("avg_pool2d input", input.len(), batch * g.in_len());
+    check_len("avg_pool2d output", output.len(), batch * g.out_len());
+    let range = |o: usize, s: usize, p: usize, k: usize, n: usize| {
+        let start = (o * s) as isize - p as isize;
+        let end = (start + k as isize).min((n + p) as isize);
+        let pool = end - start;
+        (
+            start.max(0) as usize,
+            end.min(n as isize).max(0) as usize,
+            pool,
+        )
+    };
+    let (ih, iw, oh_n, ow_n) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    planes(input, ih * iw, output, oh_n * ow_n, |x, y| {
+        for oh in 0..oh_n {
+            let (h0, h1, ph) = range(oh, g.stride_h, g.pad_h, g.kernel_h, ih);
+            for ow in 0..ow_n {
+                let (w0, w1, pw) = range(ow, g.stride_w, g.pad_w, g.kernel_w, iw);
+                let mut s = 0.0f32;
+                for h in h0..h1 {
+                    s += x[h * iw + w0..h * iw + w1.max(w0)].iter().sum::<f32>();
+                }
+                let div = if g.count_include_pad {
+                    (ph * pw) as f32
+                } else {
+                    (h1.saturating_sub(h0) * w1.saturating_sub(w0)) as f32
+                };
+                y[oh * ow_n + ow] = s / div;
+            }
+        }
+    });
+}
+
+/// `nn.AdaptiveAvgPool2d` forward: output cell `i` averages input
+/// `floor(i·in/out) .. ceil((i+1)·in/out)` along each side.
+///
+/// # Panics
+/// If a slice length does not match `g` and `batch`, or an output side is zero while the
+/// input side is not.
+pub fn adaptive_avg_pool2d(g: &AdaptivePoolGeom, batch: usize, input: &[f32], output: &mut [f32]) {
+    let (ih, iw, oh_n, ow_n) = (g.in_h, g.in_w, g.out_h, g.out_w);
+    check_len(
+        "adaptive_avg_pool2d input",
+        input.len(),
+        batch * g.channels * ih * iw,
+    );
+    check_len(
+        "adaptive_avg_pool2d output",
+        output.len(),
+        batch * g.channels * oh_n * ow_n,
+    );
+    planes(input, ih * iw, output, oh_n * ow_n, |x, y| {
+        for oh in 0..oh_n {
+            let h0 = oh * ih / oh_n;
+            let h1 = ((oh + 1) * ih).div_ceil(oh_n);
+            for ow in 0..ow_n {
+                let w0 = ow * iw / ow_n;
+                let w1 = ((ow + 1) * iw).div_ceil(ow_n);
+                let mut s = 0.0f32;
+                for h in h0..h1 {
+                    s += x[h * iw + w0..h * iw + w1].iter().sum::<f32>();
+                }
+                y[oh * ow_n + ow] = s / ((h1 - h0) * (w1 - w0)) as f32;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::kernels::reference;
+    use crate::kernels::testutil::{assert_close, data};
+
+    /// PyTorch's pooled size, with `ceil_mode` dropping a last window that starts in the
+    /// bottom/right padding.
+    fn out_size(i: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> usize {
+        let span = d * (k - 1) + 1;
+        let num = i + 2 * p - span;
+        let mut o = if ceil { num.div_ceil(s) } else { num / s } + 1;
+        if ceil && (o - 1) * s >= i + p {
+            o -= 1;
+        }
+        o
+    }
+
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "test helper mirroring nn.MaxPool2d"
+    )]
+    fn geom(
+        c: usize,
+        (h, w): (usize, usize),
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (ph, pw): (usize, usize),
+        (dh, dw): (usize, usize),
+        ceil: bool,
+        include_pad: bool,
+    ) -> Pool2dGeom {
+        Pool2dGeom {
+            channels: c,
+            in_h: h,
+            in_w: w,
+            out_h: out_size(h, kh, sh, ph, dh, ceil),
+            out_w: out_size(w, kw, sw, pw, dw, ceil),
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: sh,
+            stride_w: sw,
+            pad_h: ph,
+            pad_w: pw,
+            dilation_h: dh,
+            dilation_w: dw,
+            count_include_pad: include_pad,
+        }
+    }
+
+    fn check_max(g: &Pool2dGeom, batch: usize, x: &[f32]) {
+        let mut want = vec![0.0; batch * g.out_len()];
+        reference::max_pool2d(g, batch, x, &mut want);
+        let mut got = vec![0.0; batch * g.out_len()];
+        max_pool2d(g, batch, x, &mut got);
+        assert_close(&got, &want, 1, &format!("max_pool2d {g:?}"));
+    }
+
+    fn check_avg(g: &Pool2dGeom, batch: usize) {
+        let x = data(batch * g.in_len(), 13);
+        let mut want = vec![0.0; batch * g.out_len()];
+        reference::avg_pool2d(g, batch, &x, &mut want);
+        let mut got = vec![0.0; batch * g.out_len()];
+        avg_pool2d(g, batch, &x, &mut got);
+        assert_close(&got, &want, 1, &format!("avg_pool2d {g:?}"));
+    }
+
+    #[test]
+    fn seed_max_pools() {
+        for (c, h) in [(16, 28), (32, 14)] {
+            let g = geom(c, (h, h), (2, 2), (2, 2), (0, 0), (1, 1), false, false);
+            check_max(&g, 3, &data(3 * g.in_len(), 12));
+        }
+    }
+
+    #[test]
+    fn max_pool_odd_padded_dilated_ceil() {
+        let g = geom(2, (7, 7), (2, 2), (2, 2), (0, 0), (1, 1), true, false);
+        assert_eq!(g.out_h, 4);
+        check_max(&g, 2, &data(2 * g.in_len(), 1));
+        let g = geom(3, (9, 8), (3, 3), (2, 1), (1, 1), (2, 1), true, false);
+        check_max(&g, 2, &data(2 * g.in_len(), 2));
+    }
+
+    #[test]
+    fn max_pool_propagates_nan() {
+        let g = geom(1, (4, 4), (2, 2), (2, 2), (0, 0), (1, 1), false, false);
+        let mut x = data(16, 3);
+        x[5] = f32::NAN; // window (0, 0), not its first element
+        x[10] = f32::NAN; // window (1, 1)
+        let mut y = vec![0.0; 4];
+        max_pool2d(&g, 1, &x, &mut y);
+        assert!(y[0].is_nan() && y[3].is_nan());
+        assert!(!y[1].is_nan() && !y[2].is_nan());
+        let g = geom(1, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), false, false);
+        check_max(&g, 1, &x);
+    }
+
+    #[test]
+    fn avg_pool_divisors() {
+        for include in [false, true] {
+            check_avg(
+                &geom(2, (5, 5), (3, 3), (2, 2), (1, 1), (1, 1), true, include),
+                2,
+            );
+            check_avg(
+                &geom(2, (6, 7), (2, 3), (2, 2), (1, 1), (1, 1), false, include),
+                1,
+            );
+            check_avg(
+                &geom(1, (4, 4), (4, 4), (1, 1), (0, 0), (1, 1), false, include),
+                1,
+            );
+        }
+    }
+
+    #[test]
+    fn avg_pool_ceil_window_past_padding() {
+        // The last window runs past the padded input: PyTorch clips pool_size to it.
+        let g = geom(1, (6, 6), (3, 3), (2, 2), (1, 1), (1, 1), true, true);
+        assert_eq!(g.out_h, 4);
+        check_avg(&g, 1);
+        let x = vec![1.0; 36];
+        let mut y = vec![0.0; 16];
+        avg_pool2d(&g, 1, &x, &mut y);
+        // Corner (0,0): window rows -1..2 → 4 real of 9 → 4/9.
+        assert!((y[0] - 4.0 / 9.0).abs() < 1e-6);
+        // Last window: rows 5..8 clipped to 5..7 (pool 2), real 5..6 (1): 1/(2·2).
+        assert!((y[15] - 0.25).abs() < 1e-6);
+    }
+
+    #[test]
+    fn adaptive() {
+        for (h, w, oh, ow) in [(7, 7, 1, 1), (10, 9, 3, 4), (5, 5, 5, 5), (3, 2, 6, 5)] {
+            let g = AdaptivePoolGeom {
+                channels: 3,
+                in_h: h,
+                in_w: w,
+                out_h: oh,
+                out_w: ow,
+            };
+            let x = data(2 * 3 * h * w, 14);
+            let mut want = vec![0.0; 2 * 3 * oh * ow];
+            reference::adaptive_avg_pool2d(&g, 2, &x, &mut want);
+            let mut got = vec![0.0; want.len()];
+            adaptive_avg_pool2d(&g, 2, &x, &mut got);
+            assert_close(&got, &want, 1, "adaptive_avg_pool2d");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn pools_match_reference(
+            c in 1usize..4, h in 1usize..12, w in 1usize..12, kh in 1usize..4, kw in 1usize..4,
+            sh in 1usize..4, sw in 1usize..4, ph in 0usize..2, pw in 0usize..2,
+            dh in 1usize..3, dw in 1usize..3, ceil in any::<bool>(), inc in any::<bool>(),
+            n in 1usize..3,
+        ) {
+            // PyTorch requires pad <= kernel/2 and a window that fits the padded input.
+            prop_assume!(2 * ph <= kh && 2 * pw <= kw);
+            prop_assume!(h + 2 * ph > dh * (kh - 1) && w + 2 * pw > dw * (kw - 1));
+            let g = geom(c, (h, w), (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil, inc);
+            check_max(&g, n, &data(n * g.in_len(), 15));
+            prop_assume!(h + 2 * ph >= kh && w + 2 * pw >= kw);
+            let g = geom(c, (h, w), (kh, kw), (sh, sw), (ph, pw), (1, 1), ceil, inc);
+            check_avg(&g, n);
+        }
+    }
+}
