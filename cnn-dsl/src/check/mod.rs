@@ -1,0 +1,1061 @@
+//! The shape checker: [`check`] walks the model once, computing every layer's output shape with
+//! the formulas in [`rules`], and is the only way to make a [`CheckedModel`]. Codegen, summaries
+//! and the runtime take a `CheckedModel`, so "forgot to check" does not compile.
+
+pub mod rules;
+
+use crate::diag::{Diagnostic, codes};
+use crate::ir::{Attr, Dims, Layer, LayerKind, Model, PoolKind};
+use crate::span::{Span, Syntax};
+use rules::RuleError;
+
+/// What a parameter tensor is, for initialisation and training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TensorRole {
+    /// A conv/linear weight (kaiming-uniform init) or a batchnorm scale (init 1).
+    Weight,
+    /// A bias (uniform ±1/√fan_in init, or 0 for batchnorm).
+    Bias,
+    /// Batchnorm running mean (buffer).
+    RunningMean,
+    /// Batchnorm running variance (buffer).
+    RunningVar,
+    /// Batchnorm `num_batches_tracked` (i64 scalar buffer in PyTorch).
+    NumBatchesTracked,
+}
+
+impl TensorRole {
+    /// Whether an optimizer updates it.
+    pub fn trainable(self) -> bool {
+        matches!(self, TensorRole::Weight | TensorRole::Bias)
+    }
+}
+
+/// One entry of the model's `state_dict`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamTensor {
+    /// `conv1.0.weight`.
+    pub name: String,
+    /// PyTorch layout, e.g. `[out, in/groups, kh, kw]`; `[]` for a scalar.
+    pub shape: Vec<usize>,
+    /// What it is.
+    pub role: TensorRole,
+    /// `fan_in` for PyTorch's default initialisation (0 where unused).
+    pub fan_in: usize,
+}
+
+impl ParamTensor {
+    /// Number of elements (1 for a scalar).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// Element-wise activation functions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// max(x, 0)
+    Relu,
+    /// x if x > 0 else slope·x
+    LeakyRelu(f32),
+    /// 1/(1+e^−x)
+    Sigmoid,
+    /// tanh
+    Tanh,
+    /// x·Φ(x), exact
+    Gelu,
+}
+
+/// A layer with every size resolved: what a kernel call needs. All sizes are per image.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Convolution; padding is top/left, bottom/right implied by the output size.
+    Conv2d {
+        /// C_in
+        in_channels: usize,
+        /// H
+        in_h: usize,
+        /// W
+        in_w: usize,
+        /// C_out
+        out_channels: usize,
+        /// H_out
+        out_h: usize,
+        /// W_out
+        out_w: usize,
+        /// [kh, kw]
+        kernel: [usize; 2],
+        /// [sh, sw]
+        stride: [usize; 2],
+        /// [top, left]
+        padding: [usize; 2],
+        /// [dh, dw]
+        dilation: [usize; 2],
+        /// groups
+        groups: usize,
+        /// has a bias tensor
+        bias: bool,
+    },
+    /// Max or average pooling.
+    Pool2d {
+        /// Max or average.
+        kind: PoolKind,
+        /// C
+        channels: usize,
+        /// H
+        in_h: usize,
+        /// W
+        in_w: usize,
+        /// H_out
+        out_h: usize,
+        /// W_out
+        out_w: usize,
+        /// [kh, kw]
+        kernel: [usize; 2],
+        /// [sh, sw]
+        stride: [usize; 2],
+        /// symmetric [h, w] padding
+        padding: [usize; 2],
+        /// [dh, dw]
+        dilation: [usize; 2],
+        /// average pooling divisor rule
+        count_include_pad: bool,
+    },
+    /// Adaptive average pooling.
+    AdaptiveAvgPool2d {
+        /// C
+        channels: usize,
+        /// H
+        in_h: usize,
+        /// W
+        in_w: usize,
+        /// H_out
+        out_h: usize,
+        /// W_out
+        out_w: usize,
+    },
+    /// Batch normalisation.
+    BatchNorm2d {
+        /// C
+        channels: usize,
+        /// H·W
+        spatial: usize,
+        /// eps
+        eps: f32,
+        /// momentum (training)
+        momentum: f32,
+    },
+    /// Element-wise activation over `len` elements.
+    Activation {
+        /// Which function.
+        act: Activation,
+        /// Elements per image.
+        len: usize,
+    },
+    /// Dropout (identity at inference).
+    Dropout {
+        /// Drop probability.
+        p: f32,
+        /// Elements per image.
+        len: usize,
+    },
+    /// Flatten: no data movement in NCHW.
+    Flatten {
+        /// Elements per image.
+        len: usize,
+    },
+    /// Fully connected.
+    Linear {
+        /// in
+        in_features: usize,
+        /// out
+        out_features: usize,
+        /// has a bias tensor
+        bias: bool,
+    },
+    /// Softmax or log-softmax over one axis: the per-image tensor is viewed as
+    /// `[outer, axis, inner]`.
+    Softmax {
+        /// log-softmax instead of softmax.
+        log: bool,
+        /// product of dims before the axis (per image)
+        outer: usize,
+        /// the axis length
+        axis: usize,
+        /// product of dims after the axis
+        inner: usize,
+    },
+}
+
+/// A checked layer: its input and output shapes, parameters and cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedLayer {
+    /// The layer as lowered.
+    pub layer: Layer,
+    /// Per-image input shape.
+    pub input: Dims,
+    /// Per-image output shape.
+    pub output: Dims,
+    /// Every size resolved.
+    pub op: Op,
+    /// Trainable parameters.
+    pub params: u64,
+    /// Multiply-adds per image.
+    pub macs: u64,
+    /// `state_dict` entries (parameters and buffers).
+    pub tensors: Vec<ParamTensor>,
+    /// Where each output dimension comes from, in words (for `summary --explain`).
+    pub origins: Vec<String>,
+}
+
+/// A model whose shapes all fit. Only [`check`] makes one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedModel {
+    model: Model,
+    layers: Vec<CheckedLayer>,
+    input_origins: Vec<String>,
+}
+
+impl CheckedModel {
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.model.name
+    }
+    /// The lowered model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+    /// Checked layers in order.
+    pub fn layers(&self) -> &[CheckedLayer] {
+        &self.layers
+    }
+    /// Per-image input shape.
+    pub fn input_shape(&self) -> &[u64] {
+        &self.model.input.value
+    }
+    /// Per-image output shape.
+    pub fn output_shape(&self) -> &[u64] {
+        self.layers
+            .last()
+            .map_or(&self.model.input.value, |l| &l.output)
+    }
+    /// Every `state_dict` entry in order.
+    pub fn tensors(&self) -> impl Iterator<Item = &ParamTensor> {
+        self.layers.iter().flat_map(|l| l.tensors.iter())
+    }
+    /// Trainable parameter count.
+    pub fn param_count(&self) -> u64 {
+        self.layers.iter().map(|l| l.params).sum()
+    }
+    /// Multiply-adds per image.
+    pub fn macs(&self) -> u64 {
+        self.layers.iter().map(|l| l.macs).sum()
+    }
+    /// Where each input dimension comes from.
+    pub fn input_origins(&self) -> &[String] {
+        &self.input_origins
+    }
+}
+
+/// Everything the checker learned, also when it failed: the layers it could check (for
+/// `summary` on a broken spec) and the diagnostics.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// Layers checked successfully, in order, up to the first layer whose output is unknown.
+    pub layers: Vec<CheckedLayer>,
+    /// Index (into the model's layers) of the first failing layer.
+    pub failed_at: Option<usize>,
+    /// All diagnostics.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Formats dims as `[16,28,28]` for traces.
+pub fn fmt_dims(d: &[u64]) -> String {
+    format!(
+        "[{}]",
+        d.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+    )
+}
+
+/// Formats dims as `64×7×7` for prose.
+pub fn fmt_times(d: &[u64]) -> String {
+    d.iter().map(u64::to_string).collect::<Vec<_>>().join("×")
+}
+
+/// Checks a model; on success every layer's shapes and sizes are resolved.
+pub fn check(model: Model) -> Result<CheckedModel, Vec<Diagnostic>> {
+    let report = check_report(&model);
+    if report.diagnostics.is_empty() {
+        let input_origins = input_origins(&model);
+        Ok(CheckedModel {
+            model,
+            layers: report.layers,
+            input_origins,
+        })
+    } else {
+        Err(report.diagnostics)
+    }
+}
+
+fn input_origins(model: &Model) -> Vec<String> {
+    let d = &model.input.value;
+    if d.len() == 3 {
+        vec![
+            format!("{} channels: model input", d[0]),
+            format!("height {}: model input", d[1]),
+            format!("width {}: model input", d[2]),
+        ]
+    } else {
+        d.iter()
+            .map(|x| format!("{x} features: model input"))
+            .collect()
+    }
+}
+
+/// Checks as far as possible and reports everything.
+pub fn check_report(model: &Model) -> CheckReport {
+    let mut cx = Checker {
+        model,
+        trace: Vec::new(),
+        diags: Vec::new(),
+        channel_origin: "the model input".to_string(),
+    };
+    let mut cur = model.input.value.clone();
+    let mut origins = input_origins(model);
+    let mut layers = Vec::new();
+    let mut failed_at = None;
+    for (i, layer) in model.layers.iter().enumerate() {
+        let prev_top = if i > 0 {
+            Some(&model.layers[i - 1])
+        } else {
+            None
+        };
+        match cx.layer(layer, &cur, &origins, prev_top) {
+            Ok(checked) => {
+                if checked.output != cur {
+                    cx.trace.push((layer.path.clone(), checked.output.clone()));
+                }
+                cur = checked.output.clone();
+                origins = checked.origins.clone();
+                layers.push(checked);
+            }
+            Err(recovered) => {
+                failed_at.get_or_insert(i);
+                match recovered {
+                    // The output is known despite the error: keep checking the rest.
+                    Some(checked) => {
+                        if checked.output != cur {
+                            cx.trace.push((layer.path.clone(), checked.output.clone()));
+                        }
+                        cur = checked.output.clone();
+                        origins = checked.origins.clone();
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    if failed_at.is_none() {
+        if let Some(decl) = &model.output {
+            if decl.value != cur {
+                let last = model
+                    .layers
+                    .last()
+                    .map_or("the input".to_string(), |l| format!("`{}`", l.path));
+                let span = decl.span.unwrap_or(model.name_span);
+                cx.diags.push(
+                    Diagnostic::new(
+                        codes::OUTPUT_MISMATCH,
+                        format!(
+                            "model `{}` declares output {} but produces {}",
+                            model.name,
+                            fmt_dims(&decl.value),
+                            fmt_dims(&cur)
+                        ),
+                    )
+                    .primary(span, format!("declared {}", fmt_dims(&decl.value)))
+                    .note(format!(
+                        "{last} produces {}\n{}",
+                        fmt_dims(&cur),
+                        cx.trace_line(&model.input.value)
+                    )),
+                );
+                failed_at = Some(model.layers.len());
+            }
+        }
+    }
+    CheckReport {
+        layers,
+        failed_at,
+        diagnostics: cx.diags,
+    }
+}
+
+struct Checker<'m> {
+    model: &'m Model,
+    trace: Vec<(String, Dims)>,
+    diags: Vec<Diagnostic>,
+    channel_origin: String,
+}
+
+type LayerResult = Result<CheckedLayer, Option<CheckedLayer>>;
+
+fn us(x: u64) -> usize {
+    usize::try_from(x).unwrap_or(usize::MAX)
+}
+
+impl Checker<'_> {
+    fn syntax(&self) -> Syntax {
+        self.model.syntax
+    }
+
+    /// `[1,28,28] → conv1.0 → [16,28,28] → … → conv3.0 → [64,7,7]`
+    fn trace_line(&self, input: &[u64]) -> String {
+        self.trace_upto(input, self.trace.len())
+    }
+
+    /// The trace of the first `n` shape changes.
+    fn trace_upto(&self, input: &[u64], n: usize) -> String {
+        let steps: Vec<String> = self.trace[..n.min(self.trace.len())]
+            .iter()
+            .map(|(p, d)| format!("{p} → {}", fmt_dims(d)))
+            .collect();
+        let body = if steps.len() > 4 {
+            format!(
+                "{} → {} → … → {}",
+                steps[0],
+                steps[1],
+                steps[steps.len() - 1]
+            )
+        } else {
+            steps.join(" → ")
+        };
+        if body.is_empty() {
+            fmt_dims(input)
+        } else {
+            format!("{} → {body}", fmt_dims(input))
+        }
+    }
+
+    fn span_or(&self, attr: Option<Span>, layer: &Layer) -> Span {
+        attr.unwrap_or(layer.span)
+    }
+
+    fn rule_error(&mut self, layer: &Layer, input: &[u64], e: RuleError, attr_span: Option<Span>) {
+        let kind = layer.kind.name();
+        let trace = self.trace_line(&self.model.input.value);
+        let d = match e {
+            RuleError::NeedsImage => {
+                let from = self.trace.last().map_or("the model input".to_string(), |(p, _)| format!("`{p}`"));
+                Diagnostic::new(codes::NEEDS_IMAGE, format!("`{}` ({kind}) needs a [channels, height, width] input, but its input is {} features", layer.path, fmt_times(input)))
+                    .primary(layer.span, "needs an image-shaped input")
+                    .note(format!("{from} produces a flat vector\n{trace}"))
+                    .help(format!("move `{kind}` before `flatten`, or remove it"))
+            }
+            RuleError::Groups { groups, channels, which } => {
+                let g = gcd(groups, channels);
+                Diagnostic::new(codes::GROUPS, format!("`{}` ({kind}) has groups = {groups}, which does not divide its {channels} {which} channels", layer.path))
+                    .primary(self.span_or(attr_span, layer), format!("{channels} is not a multiple of {groups}"))
+                    .note(trace)
+                    .help(format!("use a `groups` that divides both channel counts (e.g. {})", g.max(1)))
+            }
+            RuleError::KernelTooLarge { axis, input: size, padding, window } => {
+                let padded = size + padding;
+                Diagnostic::new(codes::KERNEL_TOO_LARGE, format!("`{}` ({kind}) window {window} does not fit its input {axis} {size}{}", layer.path, if padding > 0 { format!(" (padded to {padded})") } else { String::new() }))
+                    .primary(self.span_or(attr_span, layer), format!("{window} > {padded}"))
+                    .note(format!("the input of `{}` is {}\n{trace}", layer.path, fmt_dims(input)))
+                    .help(format!("use a window of at most {padded}, add padding of at least {} per side, or remove a downsampling layer before it", (window - size).div_ceil(2)))
+            }
+            RuleError::PoolPadding { axis, padding, window } => Diagnostic::new(codes::POOL_PADDING, format!("`{}` ({kind}) pads {padding} along {axis}, more than half its window {window}", layer.path))
+                .primary(self.span_or(attr_span, layer), format!("at most {} allowed", window / 2))
+                .help(format!("use padding of at most {} (PyTorch's limit: half the window)", window / 2)),
+            RuleError::SameWithStride => Diagnostic::new(codes::INVALID_VALUE, format!("`{}` ({kind}) uses `padding = same` with a stride other than 1", layer.path))
+                .primary(self.span_or(attr_span, layer), "`same` needs stride 1")
+                .help("PyTorch supports `same` only for stride 1: give the padding as a number instead"),
+            RuleError::Overflow => Diagnostic::new(codes::OVERFLOW, format!("the output of `{}` ({kind}) is too large: a dimension overflows 64 bits", layer.path))
+                .primary(layer.span, "overflows")
+                .note(trace),
+            RuleError::NeedsFlat => {
+                let mut d = Diagnostic::new(codes::LINEAR_NEEDS_FLAT, format!("`{}` (linear) gets a {} input; it needs a flat vector", layer.path, fmt_dims(input)))
+                    .primary(layer.span, format!("input is {}", fmt_dims(input)))
+                    .note(trace)
+                    .help(format!("insert `flatten` before `{}` ({} features)", layer.path, fmt_times(input)));
+                if self.syntax() == Syntax::Dsl {
+                    d = d.suggest(Span { hi: layer.span.lo, ..layer.span }, "flatten, ");
+                }
+                d
+            }
+            RuleError::BadDim { dim, rank } => Diagnostic::new(codes::BAD_DIM, format!("`{}` ({kind}) has dim = {dim}, out of range for a {rank}-dimensional input (batch included)", layer.path))
+                .primary(self.span_or(attr_span, layer), format!("valid: 1..{} or -{}..-1", rank - 1, rank - 1))
+                .help("dim 0 is the batch; use 1 (or -1) for the features of a flat input"),
+            RuleError::ChannelMismatch { .. } | RuleError::Features { .. } => return,
+        };
+        self.diags.push(d);
+    }
+
+    fn layer(
+        &mut self,
+        layer: &Layer,
+        input: &[u64],
+        origins: &[String],
+        prev: Option<&Layer>,
+    ) -> LayerResult {
+        let mut tensors = Vec::new();
+        let path = &layer.path;
+        macro_rules! fail {
+            ($e:expr, $span:expr) => {{
+                self.rule_error(layer, input, $e, $span);
+                return Err(None);
+            }};
+        }
+        macro_rules! tri {
+            ($r:expr, $span:expr) => {
+                match $r {
+                    Ok(v) => v,
+                    Err(e) => fail!(e, $span),
+                }
+            };
+        }
+        let image = |input: &[u64]| -> Result<[u64; 3], RuleError> {
+            match input {
+                [c, h, w] => Ok([*c, *h, *w]),
+                _ => Err(RuleError::NeedsImage),
+            }
+        };
+        let mut recovered_error = false;
+        let (output, op, params, macs, new_origins): (Dims, Op, u64, u64, Vec<String>) =
+            match &layer.kind {
+                LayerKind::Conv2d(c) => {
+                    let [cin, h, w] = tri!(image(input), None);
+                    if let Some(decl) = c.in_channels {
+                        if decl.value != cin {
+                            self.channel_mismatch(layer, decl, cin, "in_channels", origins);
+                            recovered_error = true;
+                        }
+                    }
+                    let g = c.groups.value;
+                    if cin % g != 0 {
+                        fail!(
+                            RuleError::Groups {
+                                groups: g,
+                                channels: cin,
+                                which: "input"
+                            },
+                            c.groups.span
+                        );
+                    }
+                    if c.out_channels.value % g != 0 {
+                        fail!(
+                            RuleError::Groups {
+                                groups: g,
+                                channels: c.out_channels.value,
+                                which: "output"
+                            },
+                            c.groups.span
+                        );
+                    }
+                    let [kh, kw] = c.kernel_size.value;
+                    let pads = tri!(
+                        rules::conv_padding(
+                            c.padding.value,
+                            c.kernel_size.value,
+                            c.dilation.value,
+                            c.stride.value
+                        ),
+                        c.padding.span
+                    );
+                    let ksp = c.kernel_size.span;
+                    let oh = tri!(
+                        rules::conv_out(
+                            h,
+                            pads[2],
+                            kh,
+                            c.stride.value[0],
+                            c.dilation.value[0],
+                            "height"
+                        ),
+                        ksp
+                    );
+                    let ow = tri!(
+                        rules::conv_out(
+                            w,
+                            pads[3],
+                            kw,
+                            c.stride.value[1],
+                            c.dilation.value[1],
+                            "width"
+                        ),
+                        ksp
+                    );
+                    let cout = c.out_channels.value;
+                    let out = vec![cout, oh, ow];
+                    let cpg = cin / g;
+                    let wnum = tri!(rules::numel(&[cout, cpg, kh, kw]), None);
+                    let params = wnum + if c.bias { cout } else { 0 };
+                    let macs = tri!(rules::conv_macs(&out, cpg, c.kernel_size.value), None);
+                    tri!(rules::numel(&out), None);
+                    let fan_in = us(cpg * kh * kw);
+                    tensors.push(ParamTensor {
+                        name: format!("{path}.weight"),
+                        shape: vec![us(cout), us(cpg), us(kh), us(kw)],
+                        role: TensorRole::Weight,
+                        fan_in,
+                    });
+                    if c.bias {
+                        tensors.push(ParamTensor {
+                            name: format!("{path}.bias"),
+                            shape: vec![us(cout)],
+                            role: TensorRole::Bias,
+                            fan_in,
+                        });
+                    }
+                    let desc = format!(
+                        "{path} (conv k{} s{} p{} d{})",
+                        pair(c.kernel_size.value),
+                        pair(c.stride.value),
+                        pad_desc(pads),
+                        pair(c.dilation.value)
+                    );
+                    let o = vec![
+                        format!("{cout} channels: out_channels of {path}"),
+                        step(&origins[1], &desc, oh),
+                        step(&origins[2], &desc, ow),
+                    ];
+                    self.channel_origin =
+                        format!("`{path}` sets {cout} channels (out_channels = {cout})");
+                    let op = Op::Conv2d {
+                        in_channels: us(cin),
+                        in_h: us(h),
+                        in_w: us(w),
+                        out_channels: us(cout),
+                        out_h: us(oh),
+                        out_w: us(ow),
+                        kernel: [us(kh), us(kw)],
+                        stride: c.stride.value.map(us),
+                        padding: [us(pads[0]), us(pads[1])],
+                        dilation: c.dilation.value.map(us),
+                        groups: us(g),
+                        bias: c.bias,
+                    };
+                    (out, op, params, macs, o)
+                }
+                LayerKind::Pool2d(p) => {
+                    let [c, h, w] = tri!(image(input), None);
+                    if p.kind == PoolKind::Avg && p.dilation.value != [1, 1] {
+                        // AvgPool2d has no dilation in PyTorch; lowering accepts the name for
+                        // max pooling only, so reaching here means it was given.
+                        fail!(
+                            RuleError::PoolPadding {
+                                axis: "height",
+                                padding: 0,
+                                window: 0
+                            },
+                            p.dilation.span
+                        );
+                    }
+                    let [kh, kw] = p.kernel_size.value;
+                    let [sh, sw] = p.stride.value;
+                    let [ph, pw] = p.padding.value;
+                    let [dh, dw] = p.dilation.value;
+                    let span = p.padding.span.or(p.kernel_size.span);
+                    let oh = tri!(
+                        rules::pool_out(h, ph, kh, sh, dh, p.ceil_mode, p.kind, "height"),
+                        span
+                    );
+                    let ow = tri!(
+                        rules::pool_out(w, pw, kw, sw, dw, p.ceil_mode, p.kind, "width"),
+                        span
+                    );
+                    let kind = if p.kind == PoolKind::Max {
+                        "maxpool"
+                    } else {
+                        "avgpool"
+                    };
+                    let desc = format!(
+                        "{path} ({kind} k{} s{}{}{})",
+                        pair(p.kernel_size.value),
+                        pair(p.stride.value),
+                        if p.padding.value != [0, 0] {
+                            format!(" p{}", pair(p.padding.value))
+                        } else {
+                            String::new()
+                        },
+                        if p.ceil_mode { " ceil" } else { "" }
+                    );
+                    let o = vec![
+                        origins[0].clone(),
+                        step(&origins[1], &desc, oh),
+                        step(&origins[2], &desc, ow),
+                    ];
+                    let op = Op::Pool2d {
+                        kind: p.kind,
+                        channels: us(c),
+                        in_h: us(h),
+                        in_w: us(w),
+                        out_h: us(oh),
+                        out_w: us(ow),
+                        kernel: [us(kh), us(kw)],
+                        stride: [us(sh), us(sw)],
+                        padding: [us(ph), us(pw)],
+                        dilation: [us(dh), us(dw)],
+                        count_include_pad: p.count_include_pad,
+                    };
+                    (vec![c, oh, ow], op, 0, 0, o)
+                }
+                LayerKind::AdaptiveAvgPool2d { output_size } => {
+                    let [c, h, w] = tri!(image(input), None);
+                    let [oh, ow] = output_size.value;
+                    let desc = format!("{path} (adaptive avgpool)");
+                    let o = vec![
+                        origins[0].clone(),
+                        format!("height {oh}: output_size of {desc}"),
+                        format!("width {ow}: output_size of {desc}"),
+                    ];
+                    let op = Op::AdaptiveAvgPool2d {
+                        channels: us(c),
+                        in_h: us(h),
+                        in_w: us(w),
+                        out_h: us(oh),
+                        out_w: us(ow),
+                    };
+                    (vec![c, oh, ow], op, 0, 0, o)
+                }
+                LayerKind::BatchNorm2d(b) => {
+                    let [c, h, w] = tri!(image(input), None);
+                    if let Some(decl) = b.num_features {
+                        if decl.value != c {
+                            self.channel_mismatch(layer, decl, c, "num_features", origins);
+                            recovered_error = true;
+                        }
+                    }
+                    let cu = us(c);
+                    for (suffix, role) in [
+                        ("weight", TensorRole::Weight),
+                        ("bias", TensorRole::Bias),
+                        ("running_mean", TensorRole::RunningMean),
+                        ("running_var", TensorRole::RunningVar),
+                    ] {
+                        tensors.push(ParamTensor {
+                            name: format!("{path}.{suffix}"),
+                            shape: vec![cu],
+                            role,
+                            fan_in: 0,
+                        });
+                    }
+                    tensors.push(ParamTensor {
+                        name: format!("{path}.num_batches_tracked"),
+                        shape: vec![],
+                        role: TensorRole::NumBatchesTracked,
+                        fan_in: 0,
+                    });
+                    let spatial = tri!(rules::numel(&[h, w]), None);
+                    let op = Op::BatchNorm2d {
+                        channels: cu,
+                        spatial: us(spatial),
+                        eps: b.eps as f32,
+                        momentum: b.momentum as f32,
+                    };
+                    (input.to_vec(), op, 2 * c, 0, origins.to_vec())
+                }
+                LayerKind::Relu
+                | LayerKind::LeakyRelu { .. }
+                | LayerKind::Sigmoid
+                | LayerKind::Tanh
+                | LayerKind::Gelu => {
+                    let act = match &layer.kind {
+                        LayerKind::Relu => Activation::Relu,
+                        LayerKind::LeakyRelu { negative_slope } => {
+                            Activation::LeakyRelu(*negative_slope as f32)
+                        }
+                        LayerKind::Sigmoid => Activation::Sigmoid,
+                        LayerKind::Tanh => Activation::Tanh,
+                        _ => Activation::Gelu,
+                    };
+                    let len = us(tri!(rules::numel(input), None));
+                    (
+                        input.to_vec(),
+                        Op::Activation { act, len },
+                        0,
+                        0,
+                        origins.to_vec(),
+                    )
+                }
+                LayerKind::Dropout { p } => {
+                    let len = us(tri!(rules::numel(input), None));
+                    (
+                        input.to_vec(),
+                        Op::Dropout { p: *p as f32, len },
+                        0,
+                        0,
+                        origins.to_vec(),
+                    )
+                }
+                LayerKind::Flatten => {
+                    let n = tri!(rules::numel(input), None);
+                    let o = if input.len() == 1 {
+                        origins.to_vec()
+                    } else {
+                        vec![format!(
+                            "{n} features: `{path}` flattens {} (channels × height × width above)",
+                            fmt_times(input)
+                        )]
+                    };
+                    (vec![n], Op::Flatten { len: us(n) }, 0, 0, o)
+                }
+                LayerKind::Linear(l) => {
+                    let actual = match input {
+                        [f] => *f,
+                        _ => fail!(RuleError::NeedsFlat, None),
+                    };
+                    if let Some(decl) = l.in_features {
+                        if decl.value != actual {
+                            self.features_mismatch(
+                                layer,
+                                decl,
+                                l.in_features_factors.as_deref(),
+                                actual,
+                                prev,
+                            );
+                            recovered_error = true;
+                        }
+                    }
+                    let out = l.out_features.value;
+                    let wnum = tri!(rules::numel(&[out, actual]), None);
+                    let params = wnum + if l.bias { out } else { 0 };
+                    let fan_in = us(actual);
+                    tensors.push(ParamTensor {
+                        name: format!("{path}.weight"),
+                        shape: vec![us(out), us(actual)],
+                        role: TensorRole::Weight,
+                        fan_in,
+                    });
+                    if l.bias {
+                        tensors.push(ParamTensor {
+                            name: format!("{path}.bias"),
+                            shape: vec![us(out)],
+                            role: TensorRole::Bias,
+                            fan_in,
+                        });
+                    }
+                    self.channel_origin =
+                        format!("`{path}` sets {out} features (out_features = {out})");
+                    let op = Op::Linear {
+                        in_features: us(actual),
+                        out_features: us(out),
+                        bias: l.bias,
+                    };
+                    (
+                        vec![out],
+                        op,
+                        params,
+                        wnum,
+                        vec![format!("{out} features: out_features of {path}")],
+                    )
+                }
+                LayerKind::Softmax { dim } | LayerKind::LogSoftmax { dim } => {
+                    let log = matches!(layer.kind, LayerKind::LogSoftmax { .. });
+                    let rank = input.len() as u64 + 1;
+                    let d = if dim.value < 0 {
+                        dim.value + rank as i64
+                    } else {
+                        dim.value
+                    };
+                    if d < 1 || d >= rank as i64 {
+                        fail!(
+                            RuleError::BadDim {
+                                dim: dim.value,
+                                rank
+                            },
+                            dim.span
+                        );
+                    }
+                    let axis = (d - 1) as usize;
+                    let outer = tri!(rules::numel(&input[..axis]), None);
+                    let inner = tri!(rules::numel(&input[axis + 1..]), None);
+                    let op = Op::Softmax {
+                        log,
+                        outer: us(outer),
+                        axis: us(input[axis]),
+                        inner: us(inner),
+                    };
+                    (input.to_vec(), op, 0, 0, origins.to_vec())
+                }
+            };
+        let checked = CheckedLayer {
+            layer: layer.clone(),
+            input: input.to_vec(),
+            output,
+            op,
+            params,
+            macs,
+            tensors,
+            origins: new_origins,
+        };
+        if recovered_error {
+            Err(Some(checked))
+        } else {
+            Ok(checked)
+        }
+    }
+
+    fn channel_mismatch(
+        &mut self,
+        layer: &Layer,
+        decl: Attr<u64>,
+        actual: u64,
+        attr: &str,
+        _origins: &[String],
+    ) {
+        let span = decl.span.unwrap_or(layer.span);
+        let trace = self.trace_line(&self.model.input.value);
+        let what = if attr == "num_features" {
+            "features (channels)"
+        } else {
+            "input channels"
+        };
+        self.diags.push(
+            Diagnostic::new(
+                codes::CHANNEL_MISMATCH,
+                format!(
+                    "`{}` ({}) expects {} {what}, but its input has {actual}",
+                    layer.path,
+                    layer.kind.name(),
+                    decl.value
+                ),
+            )
+            .primary(span, format!("declared {}", decl.value))
+            .note(format!("{}\n{trace}", self.channel_origin))
+            .help(format!(
+                "write `{}` (or leave it out to infer it)",
+                self.syntax().assign(attr, &actual.to_string())
+            ))
+            .suggest(span, actual.to_string()),
+        );
+    }
+
+    fn features_mismatch(
+        &mut self,
+        layer: &Layer,
+        decl: Attr<u64>,
+        factors: Option<&[String]>,
+        actual: u64,
+        prev: Option<&Layer>,
+    ) {
+        let span = decl.span.unwrap_or(layer.span);
+        // After a flatten, the trace ends at the layer whose output was flattened.
+        let flattened = prev.is_some_and(|p| {
+            matches!(p.kind, LayerKind::Flatten)
+                && self.trace.last().is_some_and(|(path, _)| path == &p.path)
+        });
+        let trace = self.trace_upto(
+            &self.model.input.value,
+            self.trace.len() - usize::from(flattened),
+        );
+        let declared_text = match factors {
+            Some(f) if f.len() > 1 => format!("declared {} = {}", f.join("×"), decl.value),
+            _ => format!("declared {}", decl.value),
+        };
+        // Where the real count comes from: the shape before a flatten, spelt as a product.
+        let before_flatten = match prev {
+            Some(p) if matches!(p.kind, LayerKind::Flatten) => {
+                let idx = self.trace.iter().rposition(|(path, _)| path == &p.path);
+                let pre = match idx {
+                    Some(i) if i > 0 => Some(self.trace[i - 1].clone()),
+                    Some(_) => Some((
+                        String::from("the model input"),
+                        self.model.input.value.clone(),
+                    )),
+                    None => None,
+                };
+                pre.map(|(path, dims)| {
+                    let owner = self
+                        .model
+                        .layers
+                        .iter()
+                        .find(|l| l.path == path)
+                        .map_or(path.clone(), |l| l.top.clone());
+                    (owner, dims)
+                })
+            }
+            _ => None,
+        };
+        let (note, fix) = match before_flatten {
+            Some((owner, dims)) if dims.len() > 1 => {
+                let who = if owner == "the model input" {
+                    owner
+                } else {
+                    format!("{owner}'s")
+                };
+                (
+                    format!(
+                        "flatten turns {who} output {} into {actual} features",
+                        fmt_times(&dims)
+                    ),
+                    dims.iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join("*"),
+                )
+            }
+            _ => {
+                let who = prev.map_or("the model input".to_string(), |p| format!("`{}`", p.path));
+                (
+                    format!("{who} produces {actual} features"),
+                    actual.to_string(),
+                )
+            }
+        };
+        self.diags.push(
+            Diagnostic::new(
+                codes::LINEAR_FEATURES,
+                format!(
+                    "`{}` (linear) expects {} input features, but its input has {actual}",
+                    layer.path, decl.value
+                ),
+            )
+            .primary(span, declared_text)
+            .note(format!("{note}\n{trace}"))
+            .help(format!(
+                "write `{}` (or leave it out to infer it)",
+                self.syntax().assign("in_features", &fix)
+            ))
+            .suggest(span, fix),
+        );
+    }
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+fn pair(p: [u64; 2]) -> String {
+    if p[0] == p[1] {
+        p[0].to_string()
+    } else {
+        format!("{}x{}", p[0], p[1])
+    }
+}
+
+fn pad_desc(p: [u64; 4]) -> String {
+    let (th, tw) = (p[2], p[3]);
+    if th == 2 * p[0] && tw == 2 * p[1] {
+        pair([p[0], p[1]])
+    } else {
+        format!("{}+{}x{}+{}", p[0], th - p[0], p[1], tw - p[1])
+    }
+}
+
+/// Extends a dimension's history: `height 28: model input → conv1.2 (maxpool k2 s2) → 14`.
+fn step(prev: &str, desc: &str, new: u64) -> String {
+    let (label, rest) = prev.split_once(':').unwrap_or((prev, ""));
+    let word = label.split_whitespace().next().unwrap_or("");
+    let old: Option<u64> = label.split_whitespace().nth(1).and_then(|x| x.parse().ok());
+    if old == Some(new) && desc.contains("conv") && !rest.contains('→') {
+        // Unchanged by a size-preserving conv: keep the history short.
+        return prev.to_string();
+    }
+    if old == Some(new) {
+        return prev.to_string();
+    }
+    format!("{word} {new}:{rest} → {desc} → {new}")
+}

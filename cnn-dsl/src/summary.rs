@@ -1,0 +1,229 @@
+//! `cnnc summary`: a torchinfo/Keras-style table of a checked model (also of the checked prefix
+//! of a broken one), and `--explain`, which says where every dimension comes from.
+
+use crate::check::{CheckReport, CheckedLayer, CheckedModel, fmt_dims};
+use crate::ir::Model;
+use serde_json::json;
+use std::fmt::Write as _;
+
+/// Groups digits in thousands: `121514` → `121,514`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn shape(d: &[u64]) -> String {
+    format!(
+        "[{}]",
+        d.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+    )
+}
+
+fn kib(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    }
+}
+
+/// Activation memory per image if each layer's output lives in its own buffer (an upper bound),
+/// and the peak of a two-buffer ping-pong plan (largest input + output of any layer), in floats.
+pub fn activation_floats(input: &[u64], layers: &[CheckedLayer]) -> (u64, u64) {
+    let in_len: u64 = input.iter().product();
+    let total = in_len
+        + layers
+            .iter()
+            .map(|l| l.output.iter().product::<u64>())
+            .sum::<u64>();
+    let peak = layers
+        .iter()
+        .map(|l| l.input.iter().product::<u64>() + l.output.iter().product::<u64>())
+        .max()
+        .unwrap_or(in_len);
+    (total, peak)
+}
+
+/// Renders the table. `failed` marks the first layer that could not be checked.
+pub fn table(
+    model: &Model,
+    layers: &[CheckedLayer],
+    failed_at: Option<usize>,
+    explain: bool,
+) -> String {
+    let mut rows: Vec<[String; 5]> = vec![[
+        "Layer (path)".into(),
+        "Type".into(),
+        "Output shape".into(),
+        "Params".into(),
+        "MACs".into(),
+    ]];
+    rows.push([
+        "(input)".into(),
+        String::new(),
+        shape(&model.input.value),
+        String::new(),
+        String::new(),
+    ]);
+    for l in layers {
+        let dash = |x: u64| {
+            if x == 0 {
+                "—".to_string()
+            } else {
+                thousands(x)
+            }
+        };
+        rows.push([
+            l.layer.path.clone(),
+            l.layer.kind.torch_name().into(),
+            shape(&l.output),
+            dash(l.params),
+            dash(l.macs),
+        ]);
+    }
+    if let Some(i) = failed_at {
+        if let Some(l) = model.layers.get(i) {
+            rows.push([
+                l.path.clone(),
+                l.kind.torch_name().into(),
+                "✗ error, see below".into(),
+                "?".into(),
+                "?".into(),
+            ]);
+        } else {
+            rows.push([
+                "(output)".into(),
+                String::new(),
+                "✗ error, see below".into(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let total_w: usize = widths.iter().sum::<usize>() + 4 * 3;
+    let rule = "─".repeat(total_w);
+    let mut out = String::new();
+    let _ = writeln!(out, "Model: {}", model.name);
+    let _ = writeln!(out, "{rule}");
+    for (i, r) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            let pad = widths[c] - cell.chars().count();
+            if c >= 3 {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            }
+            if c < 4 {
+                line.push_str("   ");
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+        if i == 0 {
+            let _ = writeln!(out, "{rule}");
+        }
+    }
+    let _ = writeln!(out, "{rule}");
+    let params: u64 = layers.iter().map(|l| l.params).sum();
+    let tensors: Vec<_> = layers.iter().flat_map(|l| l.tensors.iter()).collect();
+    let trainable = tensors.iter().filter(|t| t.role.trainable()).count();
+    let macs: u64 = layers.iter().map(|l| l.macs).sum();
+    let (total, peak) = activation_floats(&model.input.value, layers);
+    let prefix = if failed_at.is_some() {
+        " (up to the error)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "Parameters{prefix}: {} in {trainable} tensors ({} as f32)",
+        thousands(params),
+        kib(params * 4)
+    );
+    if tensors.len() > trainable {
+        let _ = writeln!(
+            out,
+            "Buffers: {} (batchnorm running statistics)",
+            tensors.len() - trainable
+        );
+    }
+    let _ = writeln!(out, "Multiply-adds per image{prefix}: {}", thousands(macs));
+    let _ = writeln!(
+        out,
+        "Activations per image: {} floats in all layer outputs ({}); peak of one layer's input + output: {} ({})",
+        thousands(total),
+        kib(total * 4),
+        thousands(peak),
+        kib(peak * 4)
+    );
+    if explain {
+        let _ = writeln!(out, "\nWhere each dimension comes from:");
+        let _ = writeln!(out, "  (input) {}", shape(&model.input.value));
+        for l in layers {
+            if l.output == l.input {
+                continue;
+            }
+            let _ = writeln!(out, "  {} → {}", l.layer.path, shape(&l.output));
+            for o in &l.origins {
+                let _ = writeln!(out, "      {o}");
+            }
+        }
+    }
+    out
+}
+
+/// The summary of a checked model.
+pub fn summary(model: &CheckedModel, explain: bool) -> String {
+    table(model.model(), model.layers(), None, explain)
+}
+
+/// The summary of a model that may have failed to check: layers up to the error, marked.
+pub fn summary_report(model: &Model, report: &CheckReport, explain: bool) -> String {
+    table(model, &report.layers, report.failed_at, explain)
+}
+
+/// JSON form of the summary, for scripts.
+pub fn to_json(model: &Model, layers: &[CheckedLayer]) -> serde_json::Value {
+    let (total, peak) = activation_floats(&model.input.value, layers);
+    json!({
+        "name": model.name,
+        "input": model.input.value,
+        "layers": layers.iter().map(|l| json!({
+            "path": l.layer.path, "type": l.layer.kind.torch_name(), "input": l.input, "output": l.output,
+            "params": l.params, "macs": l.macs,
+            "tensors": l.tensors.iter().map(|t| json!({"name": t.name, "shape": t.shape})).collect::<Vec<_>>(),
+            "origins": l.origins,
+        })).collect::<Vec<_>>(),
+        "params": layers.iter().map(|l| l.params).sum::<u64>(),
+        "macs": layers.iter().map(|l| l.macs).sum::<u64>(),
+        "activation_floats": total,
+        "peak_activation_floats": peak,
+        "output": layers.last().map_or(model.input.value.clone(), |l| l.output.clone()),
+        "trace": fmt_dims(&model.input.value),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(121514), "121,514");
+        assert_eq!(thousands(10380160), "10,380,160");
+    }
+}

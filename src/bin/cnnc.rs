@@ -1,2 +1,0 @@
-//! The cnn compiler driver.
-fn main() {}
