@@ -1222,6 +1222,21 @@ mod tests {
     }
 
     #[test]
+    fn corrupt_gzip_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let (imgs, _) = sample(25);
+        let mut z = gz(&imgs);
+        // Damage the deflate data after the 10-byte gzip header.
+        for b in &mut z[12..20] {
+            *b ^= 0xa5;
+        }
+        let p = write(dir.path(), "bad.gz", &z);
+        let e = read_idx_images(&p).unwrap_err();
+        assert!(matches!(e, DataError::Gzip { .. }), "{e:?}");
+        assert!(e.to_string().contains("bad.gz"), "{e}");
+    }
+
+    #[test]
     fn trailing_bytes_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
         let mut labs = idx_labels(&[1, 2]);
@@ -1448,17 +1463,20 @@ mod tests {
         drop(pf);
     }
 
-    /// `<workspace>/data/mnist`, else `<workspace>/../shared/data/mnist`.
-    fn real_mnist() -> Option<PathBuf> {
+    /// `<workspace>/data/<name>`, else `<workspace>/../shared/data/<name>`.
+    fn real_dataset(name: &str) -> Option<PathBuf> {
         let ws = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        [ws.join("data/mnist"), ws.join("../shared/data/mnist")]
-            .into_iter()
-            .find(|p| p.is_dir())
+        [
+            ws.join("data").join(name),
+            ws.join("../shared/data").join(name),
+        ]
+        .into_iter()
+        .find(|p| p.is_dir())
     }
 
     #[test]
     fn loads_real_mnist() {
-        let Some(dir) = real_mnist() else {
+        let Some(dir) = real_dataset("mnist") else {
             eprintln!("note: MNIST not found under data/mnist or ../shared/data/mnist; skipped");
             return;
         };
@@ -1472,6 +1490,27 @@ mod tests {
         let s = tt.train.pixel_stats();
         assert!(
             (s.mean - 0.1307).abs() < 1e-4 && (s.std - 0.3081).abs() < 1e-4,
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn loads_real_fashion_mnist() {
+        let Some(dir) = real_dataset("fashion-mnist") else {
+            eprintln!("note: Fashion-MNIST not found under data/ or ../shared/data/; skipped");
+            return;
+        };
+        let tt = load_folder(&dir).unwrap();
+        assert_eq!((tt.train.len(), tt.test.len()), (60_000, 10_000));
+        let mut counts = [0usize; 10];
+        for &l in tt.train.labels() {
+            counts[usize::from(l)] += 1;
+        }
+        assert_eq!(counts, [6_000; 10]);
+        let s = tt.train.pixel_stats();
+        let f = Normalize::FASHION_MNIST;
+        assert!(
+            (s.mean - f.mean).abs() < 1e-3 && (s.std - f.std).abs() < 1e-3,
             "{s:?}"
         );
     }

@@ -624,7 +624,10 @@ pub fn save_atomic(path: &Path, weights: &Weights) -> Result<()> {
     })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp{}", std::process::id()));
+    // Unique per process and per call, so concurrent saves never share a temporary file.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tmp_name.push(format!(".tmp{}-{n}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let write = || -> io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
