@@ -1514,4 +1514,28 @@ mod tests {
             "{s:?}"
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(64))]
+
+        /// Whatever the bytes, reading returns Ok or Err and never panics or over-allocates.
+        #[test]
+        fn idx_reading_never_panics(
+            header in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24),
+            keep_magic in proptest::prelude::any::<bool>(),
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            gzip in proptest::prelude::any::<bool>(),
+        ) {
+            let mut bytes = header;
+            if keep_magic && bytes.len() >= 4 {
+                bytes[..4].copy_from_slice(&IMAGES_MAGIC.to_be_bytes());
+            }
+            bytes.extend(body);
+            let bytes = if gzip { gz(&bytes) } else { bytes };
+            let dir = tempfile::tempdir().unwrap();
+            let p = write(dir.path(), "f", &bytes);
+            let _ = read_idx_images(&p);
+            let _ = read_idx_labels(&p);
+        }
+    }
 }

@@ -720,4 +720,38 @@ mod tests {
         let e = npy_from_bytes(&huge, Path::new("huge.npy")).unwrap_err();
         assert!(matches!(e, IoError::NpyTruncated { .. }), "{e:?}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        /// Damaged PNG, JPEG and .npy files give an error, never a panic.
+        #[test]
+        fn damaged_inputs_never_panic(
+            which in 0usize..4,
+            cut in 0usize..1000,
+            flips in proptest::collection::vec((0usize..1000, 1u8..=255), 0..4),
+        ) {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+            let mut bytes = match which {
+                0 => png_bytes(4, 3, Rgb, Eight, None, &[9; 36]),
+                1 => std::fs::read(dir.join("halves_rgb.jpg")).unwrap(),
+                2 => std::fs::read(dir.join("step_grey.jpg")).unwrap(),
+                _ => std::fs::read(dir.join("c_f32.npy")).unwrap(),
+            };
+            for (at, x) in flips {
+                let n = bytes.len();
+                // Keep the signature so the decoder, not the format sniffing, sees the damage.
+                let at = 4 + at % (n - 4);
+                bytes[at] ^= x;
+            }
+            bytes.truncate(cut.max(4).min(bytes.len()));
+            if which == 3 {
+                let _ = npy_from_bytes(&bytes, Path::new("x.npy"));
+            } else {
+                let shape = if which == 0 { [3, 3, 4] } else { [3, 8, 16] };
+                let _ = decode_image(&bytes, Path::new("x"), shape, None);
+                let _ = decode_image(&bytes, Path::new("x"), [1, 8, 8], None);
+            }
+        }
+    }
 }

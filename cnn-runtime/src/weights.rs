@@ -967,4 +967,23 @@ mod tests {
             assert_eq!(v, want.as_slice(), "{}", spec.name);
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        /// Damaged files give an error, never a panic.
+        #[test]
+        fn loading_damaged_files_never_panics(
+            cut in 0usize..2000,
+            flips in proptest::collection::vec((0usize..2000, 1u8..=255), 0..4),
+        ) {
+            let mut bytes = to_bytes(&weights()).unwrap();
+            for (at, x) in flips {
+                let n = bytes.len();
+                bytes[at % n] ^= x;
+            }
+            bytes.truncate(cut.min(bytes.len()));
+            let _ = load_bytes(&bytes, Path::new("x"), &specs());
+        }
+    }
 }
