@@ -13,7 +13,7 @@
 //! ```no_run
 //! use cnn_runtime::data::{load_folder, BatchConfig, Normalize};
 //! let mnist = load_folder("data/mnist".as_ref())?;
-//! let (train, val) = mnist.train.split(5_000.into(), 42)?;
+//! let (train, val) = mnist.train.split(5_000, 42)?;
 //! let config = BatchConfig::new(64).seed(1).normalize(Normalize::MNIST);
 //! for batch in train.batches(&config, 0)? {
 //!     assert_eq!(batch.images.len(), batch.len() * 28 * 28);
@@ -644,9 +644,11 @@ impl Dataset {
 
     /// Splits into `(train, validation)`: a seeded random choice of samples is held out, and
     /// both parts keep the original order. The same seed always picks the same samples.
-    pub fn split(&self, holdout: Holdout, seed: u64) -> Result<(Dataset, Dataset)> {
+    ///
+    /// `holdout` is a count (`5_000`) or a fraction (`0.1`).
+    pub fn split(&self, holdout: impl Into<Holdout>, seed: u64) -> Result<(Dataset, Dataset)> {
         let len = self.len();
-        let k = match holdout {
+        let k = match holdout.into() {
             Holdout::Count(k) if k <= len => k,
             Holdout::Count(k) => {
                 return Err(DataError::BadSplit {
@@ -1356,18 +1358,12 @@ mod tests {
             (train.clone(), val.clone())
         );
         assert_ne!(ds.split(Holdout::Count(20), 10).unwrap().1, val);
-        assert_eq!(ds.split(0.25.into(), 1).unwrap().1.len(), 25);
-        assert_eq!(ds.split(0.0.into(), 1).unwrap().0, ds);
+        assert_eq!(ds.split(0.25, 1).unwrap().1.len(), 25);
+        assert_eq!(ds.split(0.0, 1).unwrap().0, ds);
+        assert!(matches!(ds.split(101, 1), Err(DataError::BadSplit { .. })));
+        assert!(matches!(ds.split(1.5, 1), Err(DataError::BadSplit { .. })));
         assert!(matches!(
-            ds.split(101.into(), 1),
-            Err(DataError::BadSplit { .. })
-        ));
-        assert!(matches!(
-            ds.split(1.5.into(), 1),
-            Err(DataError::BadSplit { .. })
-        ));
-        assert!(matches!(
-            ds.split(f64::NAN.into(), 1),
+            ds.split(f64::NAN, 1),
             Err(DataError::BadSplit { .. })
         ));
     }

@@ -17,7 +17,8 @@
 //!
 //! `kaiming_uniform_(a=√5)` has gain √(2/(1+a²)) = √(1/3) and bound gain·√(3/fan_in), which is
 //! exactly 1/√fan_in. `fan_in` is `(in_channels / groups) · kH · kW` for a convolution and
-//! `in_features` for a linear layer ([`conv2d_fan_in`], [`linear_fan_in`]). The values match
+//! `in_features` for a linear layer ([`conv2d_fan_in`], [`linear_fan_in`]). [`default_weights`]
+//! applies all of this to a whole `state_dict` parameter list at once. The values match
 //! PyTorch's distribution, not its bit stream: the same seed gives different numbers than
 //! `torch.manual_seed`.
 //!
@@ -50,6 +51,14 @@ pub enum InitError {
     /// `(in_channels / groups) · kH · kW` does not fit in `usize`.
     #[error("fan_in overflows: (in_channels / groups) * kernel_h * kernel_w is too large")]
     Overflow,
+    /// A parameter list cannot be initialised (see [`default_weights`]).
+    #[error("cannot initialise `{name}`: {reason}")]
+    Param {
+        /// The parameter.
+        name: String,
+        /// Why, and what to change.
+        reason: String,
+    },
 }
 
 /// A small, fast, seeded generator: xoshiro256++ with its state filled by SplitMix64.
@@ -259,6 +268,78 @@ pub fn running_var(channels: usize) -> Vec<f32> {
     vec![1.0; channels]
 }
 
+/// PyTorch's default initial values for a whole `state_dict`, drawn from `rng` in spec order.
+///
+/// Kinds and shapes decide, as `torch.nn` does:
+/// - a weight with 2 or more dimensions (`Conv*d`, `Linear`) gets U(−1/√fan_in, 1/√fan_in) with
+///   fan_in = the product of all dimensions after the first (`_calculate_fan_in_and_fan_out`);
+/// - a 1-d weight is a batch-norm γ: ones;
+/// - a bias takes the fan_in of the weight of the same module (`x.bias` ↔ `x.weight`): uniform if
+///   that weight is a conv/linear one, zeros (batch-norm β) if it is 1-d;
+/// - running mean zeros, running variance ones, `num_batches_tracked` 0.
+pub fn default_weights(
+    specs: &[crate::weights::ParamSpec],
+    rng: &mut Rng,
+) -> Result<crate::weights::Weights, InitError> {
+    use crate::weights::{ParamKind, Weights};
+    let err = |name: &str, reason: String| InitError::Param {
+        name: name.to_owned(),
+        reason,
+    };
+    let fan_in_of = |name: &str, shape: &[usize]| -> Result<Option<usize>, InitError> {
+        match shape {
+            [] => Err(err(name, "a weight needs at least one dimension".into())),
+            [_] => Ok(None),
+            [_, rest @ ..] => {
+                let fan_in = rest
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .ok_or(InitError::Overflow)?;
+                if fan_in == 0 {
+                    return Err(InitError::ZeroFanIn);
+                }
+                Ok(Some(fan_in))
+            }
+        }
+    };
+    let mut values = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let len = spec
+            .numel()
+            .ok_or_else(|| err(&spec.name, "its shape overflows".into()))?;
+        let v = match spec.kind {
+            ParamKind::Weight => match fan_in_of(&spec.name, &spec.shape)? {
+                Some(fan_in) => kaiming_uniform(rng, len, fan_in)?,
+                None => vec![1.0; len],
+            },
+            ParamKind::Bias => {
+                let module = spec.name.strip_suffix("bias").unwrap_or(&spec.name);
+                let weight_name = format!("{module}weight");
+                let weight = specs
+                    .iter()
+                    .find(|s| s.name == weight_name)
+                    .ok_or_else(|| {
+                        err(
+                            &spec.name,
+                            format!("no `{weight_name}` to take fan_in from; add it to the list"),
+                        )
+                    })?;
+                match fan_in_of(&weight.name, &weight.shape)? {
+                    Some(fan_in) => default_bias(rng, len, fan_in)?,
+                    None => vec![0.0; len],
+                }
+            }
+            ParamKind::RunningMean | ParamKind::NumBatchesTracked => vec![0.0; len],
+            ParamKind::RunningVar => vec![1.0; len],
+        };
+        values.push(v);
+    }
+    Weights::new(specs, values).map_err(|e| InitError::Param {
+        name: String::new(),
+        reason: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,5 +468,41 @@ mod tests {
             assert!(rng.below(7) < 7);
         }
         assert_eq!(rng.below(0), 0);
+    }
+
+    #[test]
+    fn default_weights_follow_torch_nn() {
+        use crate::weights::{ParamKind::*, ParamSpec};
+        let specs = [
+            ParamSpec::new("conv.weight", [4, 2, 3, 3], Weight),
+            ParamSpec::new("conv.bias", [4], Bias),
+            ParamSpec::new("bn.weight", [4], Weight),
+            ParamSpec::new("bn.bias", [4], Bias),
+            ParamSpec::new("bn.running_mean", [4], RunningMean),
+            ParamSpec::new("bn.running_var", [4], RunningVar),
+            ParamSpec::new("bn.num_batches_tracked", [], NumBatchesTracked),
+            ParamSpec::new("fc.weight", [10, 400], Weight),
+            ParamSpec::new("fc.bias", [10], Bias),
+        ];
+        let w = default_weights(&specs, &mut Rng::seed_from_u64(1)).unwrap();
+        let within = |name: &str, bound: f32| {
+            let v = w.get(name).unwrap();
+            v.iter().all(|x| x.abs() < bound) && v.iter().any(|x| x.abs() > bound * 0.5)
+        };
+        // Conv fan_in 2*3*3 = 18; linear fan_in 400.
+        assert!(within("conv.weight", 1.0 / 18f32.sqrt()));
+        assert!(within("conv.bias", 1.0 / 18f32.sqrt()));
+        assert!(within("fc.weight", 0.05) && within("fc.bias", 0.05));
+        assert!(!within("fc.weight", 0.025));
+        assert_eq!(w.get("bn.weight"), Some(&[1.0; 4][..]));
+        assert_eq!(w.get("bn.bias"), Some(&[0.0; 4][..]));
+        assert_eq!(w.get("bn.running_mean"), Some(&[0.0; 4][..]));
+        assert_eq!(w.get("bn.running_var"), Some(&[1.0; 4][..]));
+        assert_eq!(w.get("bn.num_batches_tracked"), Some(&[0.0][..]));
+        let again = default_weights(&specs, &mut Rng::seed_from_u64(1)).unwrap();
+        assert_eq!(w, again);
+        let orphan = [ParamSpec::new("head.bias", [3], Bias)];
+        let e = default_weights(&orphan, &mut Rng::seed_from_u64(1)).unwrap_err();
+        assert!(e.to_string().contains("no `head.weight`"), "{e}");
     }
 }
