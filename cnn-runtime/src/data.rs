@@ -981,7 +981,8 @@ impl Prefetch {
         epoch: u64,
         depth: usize,
     ) -> Result<Self> {
-        let remaining = dataset.batches(&config, epoch)?.len();
+        config.validate()?;
+        let remaining = config.batch_count(dataset.len());
         let (tx, rx) = mpsc::sync_channel::<Batch>(depth.max(1));
         let (recycle, spare) = mpsc::channel::<Batch>();
         let worker = std::thread::Builder::new()

@@ -13,6 +13,7 @@
 //! - PNG palettes and 1/2/4-bit images are expanded; 16-bit PNGs keep their precision
 //!   (`value / 65535`).
 //! - Images are never resized: a size other than the model's is an error naming both.
+//! - EXIF orientation, gamma and ICC profiles are ignored, as by PIL's `Image.open` + `ToTensor`.
 //!
 //! JPEGs are decoded by `zune-jpeg`; its IDCT and chroma upsampling can differ from libjpeg's
 //! (used by PIL) by ±1 level on some pixels, so compare JPEG inputs with a tolerance.
