@@ -77,6 +77,9 @@ fn rule_name(r: &Rule) -> &'static str {
         Rule::add_op => "`+` or `-`",
         Rule::mul_op => "`*`, `/` or `%`",
         Rule::output => "`->`",
+        Rule::comma => "`,`",
+        Rule::rparen => "`)`",
+        Rule::rbrace => "`}`",
         _ => "something else",
     }
 }
@@ -92,7 +95,18 @@ fn syntax_error(e: pest::error::Error<Rule>, source: SourceId) -> Diagnostic {
             positives,
             negatives,
         } => {
-            let mut names: Vec<&str> = positives.iter().map(rule_name).collect();
+            // Operators are always possible after a number; mention them only when nothing
+            // structural is expected, so the message names the likely fix (`,` or `)`).
+            let structural: Vec<&Rule> = positives
+                .iter()
+                .filter(|r| !matches!(r, Rule::add_op | Rule::mul_op))
+                .collect();
+            let chosen: Vec<&Rule> = if structural.is_empty() {
+                positives.iter().collect()
+            } else {
+                structural
+            };
+            let mut names: Vec<&str> = chosen.into_iter().map(rule_name).collect();
             names.sort_unstable();
             names.dedup();
             let expected = match names.as_slice() {

@@ -318,7 +318,13 @@ pub fn check_report(model: &Model) -> CheckReport {
         model,
         trace: Vec::new(),
         diags: Vec::new(),
-        channel_origin: "the model input".to_string(),
+        channel_origin: match model.input.value.as_slice() {
+            [c, _, _] => format!(
+                "the model input has {c} channel{}",
+                if *c == 1 { "" } else { "s" }
+            ),
+            _ => "the model input is a flat vector".to_string(),
+        },
     };
     let mut cur = model.input.value.clone();
     let mut origins = input_origins(model);
@@ -447,45 +453,45 @@ impl Checker<'_> {
         let d = match e {
             RuleError::NeedsImage => {
                 let from = self.trace.last().map_or("the model input".to_string(), |(p, _)| format!("`{p}`"));
-                Diagnostic::new(codes::NEEDS_IMAGE, format!("`{}` ({kind}) needs a [channels, height, width] input, but its input is {} features", layer.path, fmt_times(input)))
+                Diagnostic::new(codes::NEEDS_IMAGE, format!("{} ({kind}) needs a [channels, height, width] input, but its input is {} features", display_path(&layer.path), fmt_times(input)))
                     .primary(layer.span, "needs an image-shaped input")
                     .note(format!("{from} produces a flat vector\n{trace}"))
                     .help(format!("move `{kind}` before `flatten`, or remove it"))
             }
             RuleError::Groups { groups, channels, which } => {
                 let g = gcd(groups, channels);
-                Diagnostic::new(codes::GROUPS, format!("`{}` ({kind}) has groups = {groups}, which does not divide its {channels} {which} channels", layer.path))
+                Diagnostic::new(codes::GROUPS, format!("{} ({kind}) has groups = {groups}, which does not divide its {channels} {which} channels", display_path(&layer.path)))
                     .primary(self.span_or(attr_span, layer), format!("{channels} is not a multiple of {groups}"))
                     .note(trace)
                     .help(format!("use a `groups` that divides both channel counts (e.g. {})", g.max(1)))
             }
             RuleError::KernelTooLarge { axis, input: size, padding, window } => {
                 let padded = size + padding;
-                Diagnostic::new(codes::KERNEL_TOO_LARGE, format!("`{}` ({kind}) window {window} does not fit its input {axis} {size}{}", layer.path, if padding > 0 { format!(" (padded to {padded})") } else { String::new() }))
+                Diagnostic::new(codes::KERNEL_TOO_LARGE, format!("{} ({kind}) window {window} does not fit its input {axis} {size}{}", display_path(&layer.path), if padding > 0 { format!(" (padded to {padded})") } else { String::new() }))
                     .primary(self.span_or(attr_span, layer), format!("{window} > {padded}"))
-                    .note(format!("the input of `{}` is {}\n{trace}", layer.path, fmt_dims(input)))
+                    .note(format!("the input of {} is {}\n{trace}", display_path(&layer.path), fmt_dims(input)))
                     .help(format!("use a window of at most {padded}, add padding of at least {} per side, or remove a downsampling layer before it", (window - size).div_ceil(2)))
             }
-            RuleError::PoolPadding { axis, padding, window } => Diagnostic::new(codes::POOL_PADDING, format!("`{}` ({kind}) pads {padding} along {axis}, more than half its window {window}", layer.path))
+            RuleError::PoolPadding { axis, padding, window } => Diagnostic::new(codes::POOL_PADDING, format!("{} ({kind}) pads {padding} along {axis}, more than half its window {window}", display_path(&layer.path)))
                 .primary(self.span_or(attr_span, layer), format!("at most {} allowed", window / 2))
                 .help(format!("use padding of at most {} (PyTorch's limit: half the window)", window / 2)),
-            RuleError::SameWithStride => Diagnostic::new(codes::INVALID_VALUE, format!("`{}` ({kind}) uses `padding = same` with a stride other than 1", layer.path))
+            RuleError::SameWithStride => Diagnostic::new(codes::INVALID_VALUE, format!("{} ({kind}) uses `padding = same` with a stride other than 1", display_path(&layer.path)))
                 .primary(self.span_or(attr_span, layer), "`same` needs stride 1")
                 .help("PyTorch supports `same` only for stride 1: give the padding as a number instead"),
-            RuleError::Overflow => Diagnostic::new(codes::OVERFLOW, format!("the output of `{}` ({kind}) is too large: a dimension overflows 64 bits", layer.path))
+            RuleError::Overflow => Diagnostic::new(codes::OVERFLOW, format!("the output of {} ({kind}) is too large: a dimension overflows 64 bits", display_path(&layer.path)))
                 .primary(layer.span, "overflows")
                 .note(trace),
             RuleError::NeedsFlat => {
-                let mut d = Diagnostic::new(codes::LINEAR_NEEDS_FLAT, format!("`{}` (linear) gets a {} input; it needs a flat vector", layer.path, fmt_dims(input)))
+                let mut d = Diagnostic::new(codes::LINEAR_NEEDS_FLAT, format!("{} (linear) gets a {} input; it needs a flat vector", display_path(&layer.path), fmt_dims(input)))
                     .primary(layer.span, format!("input is {}", fmt_dims(input)))
                     .note(trace)
-                    .help(format!("insert `flatten` before `{}` ({} features)", layer.path, fmt_times(input)));
+                    .help(format!("insert `flatten` before {} ({} features)", display_path(&layer.path), fmt_times(input)));
                 if self.syntax() == Syntax::Dsl {
                     d = d.suggest(Span { hi: layer.span.lo, ..layer.span }, "flatten, ");
                 }
                 d
             }
-            RuleError::BadDim { dim, rank } => Diagnostic::new(codes::BAD_DIM, format!("`{}` ({kind}) has dim = {dim}, out of range for a {rank}-dimensional input (batch included)", layer.path))
+            RuleError::BadDim { dim, rank } => Diagnostic::new(codes::BAD_DIM, format!("{} ({kind}) has dim = {dim}, out of range for a {rank}-dimensional input (batch included)", display_path(&layer.path)))
                 .primary(self.span_or(attr_span, layer), format!("valid: 1..{} or -{}..-1", rank - 1, rank - 1))
                 .help("dim 0 is the batch; use 1 (or -1) for the features of a flat input"),
             RuleError::ChannelMismatch { .. } | RuleError::Features { .. } => return,
@@ -621,8 +627,10 @@ impl Checker<'_> {
                         step(&origins[1], &desc, oh),
                         step(&origins[2], &desc, ow),
                     ];
-                    self.channel_origin =
-                        format!("`{path}` sets {cout} channels (out_channels = {cout})");
+                    self.channel_origin = format!(
+                        "{} sets {cout} channels (out_channels = {cout})",
+                        display_path(path)
+                    );
                     let op = Op::Conv2d {
                         in_channels: us(cin),
                         in_h: us(h),
@@ -837,8 +845,10 @@ impl Checker<'_> {
                             fan_in,
                         });
                     }
-                    self.channel_origin =
-                        format!("`{path}` sets {out} features (out_features = {out})");
+                    self.channel_origin = format!(
+                        "{} sets {out} features (out_features = {out})",
+                        display_path(path)
+                    );
                     let op = Op::Linear {
                         in_features: us(actual),
                         out_features: us(out),
@@ -917,8 +927,8 @@ impl Checker<'_> {
             Diagnostic::new(
                 codes::CHANNEL_MISMATCH,
                 format!(
-                    "`{}` ({}) expects {} {what}, but its input has {actual}",
-                    layer.path,
+                    "{} ({}) expects {} {what}, but its input has {actual}",
+                    display_path(&layer.path),
                     layer.kind.name(),
                     decl.value
                 ),
@@ -984,7 +994,8 @@ impl Checker<'_> {
                 let who = if owner == "the model input" {
                     owner
                 } else {
-                    format!("{owner}'s")
+                    let plain = display_path(&owner).replace('`', "");
+                    format!("{plain}'s")
                 };
                 (
                     format!(
@@ -1009,8 +1020,9 @@ impl Checker<'_> {
             Diagnostic::new(
                 codes::LINEAR_FEATURES,
                 format!(
-                    "`{}` (linear) expects {} input features, but its input has {actual}",
-                    layer.path, decl.value
+                    "{} (linear) expects {} input features, but its input has {actual}",
+                    display_path(&layer.path),
+                    decl.value
                 ),
             )
             .primary(span, declared_text)
@@ -1021,6 +1033,16 @@ impl Checker<'_> {
             ))
             .suggest(span, fix),
         );
+    }
+}
+
+/// How a layer is named in messages: `` `conv1.0` `` or, for an unnamed top-level layer,
+/// `layer 3` (its index, as in `nn.Sequential`).
+pub fn display_path(path: &str) -> String {
+    if path.chars().all(|c| c.is_ascii_digit()) {
+        format!("layer {path}")
+    } else {
+        format!("`{path}`")
     }
 }
 

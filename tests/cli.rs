@@ -1,0 +1,115 @@
+//! `cnnc` end to end: exit codes and output of `check` and `summary`.
+
+use std::process::Command;
+
+fn cnnc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("cnnc runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn check_passes_on_the_seed_models() {
+    let (code, out, err) = cnnc(&[
+        "check",
+        "examples/models/seed.yaml",
+        "examples/models/seed.cnn",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 2, "one line per file: {out}");
+    assert!(out.contains("121,514 parameters"), "{out}");
+}
+
+#[test]
+fn check_fails_on_the_canonical_bug_with_exit_1() {
+    let (code, _, err) = cnnc(&[
+        "check",
+        "examples/models/seed.yaml",
+        "examples/models/seed_bug.yaml",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("error[CNN0301]"), "{err}");
+    assert!(err.contains("seed_bug.yaml:21:39"), "{err}");
+    assert!(err.contains("write `in_features: 64*7*7`"), "{err}");
+}
+
+#[test]
+fn json_diagnostics_are_one_object_per_line() {
+    let (code, out, _) = cnnc(&[
+        "check",
+        "--message-format",
+        "json",
+        "tests/specs/bad/multiple_shape_errors.cnn",
+    ]);
+    assert_eq!(code, 1);
+    let objs: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("valid JSON"))
+        .collect();
+    assert_eq!(objs.len(), 3);
+    assert!(
+        objs.iter()
+            .all(|o| o["line"].is_u64() && o["code"].is_string() && o["byte_start"].is_u64())
+    );
+}
+
+#[test]
+fn usage_and_io_errors_exit_2() {
+    assert_eq!(cnnc(&["check", "does/not/exist.yaml"]).0, 2);
+    assert_eq!(cnnc(&["check", "Cargo.toml"]).0, 2);
+    assert_eq!(cnnc(&["frobnicate"]).0, 2);
+    assert_eq!(cnnc(&["--explain", "CNN9999"]).0, 2);
+    let (code, out, _) = cnnc(&["--explain", "CNN0301"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("in_features"));
+}
+
+#[test]
+fn summary_prints_the_table_and_totals() {
+    let (code, out, _) = cnnc(&["summary", "examples/models/seed.yaml"]);
+    assert_eq!(code, 0);
+    for needle in [
+        "conv1.0",
+        "Conv2d",
+        "[16, 28, 28]",
+        "313,600",
+        "5,017,600",
+        "31,360",
+        "121,514 in 10 tensors",
+        "10,380,160",
+    ] {
+        assert!(out.contains(needle), "missing {needle} in\n{out}");
+    }
+}
+
+#[test]
+fn summary_explains_dimensions() {
+    let (code, out, _) = cnnc(&["summary", "--explain", "examples/models/seed.cnn"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("64 channels: out_channels of conv3.0"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "height 7: model input → conv1.2 (maxpool k2 s2) → 14 → conv2.4 (maxpool k2 s2) → 7"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn summary_of_a_broken_spec_shows_the_layers_up_to_the_error() {
+    let (code, out, err) = cnnc(&["summary", "examples/models/seed_bug.yaml"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("conv3.0") && out.contains("✗ error"), "{out}");
+    assert!(err.contains("CNN0301"), "{err}");
+}
