@@ -1,13 +1,19 @@
 //! Backward of `nn.Conv2d`: im2col + GEMM, parallel over the batch, deterministic reduction.
+//!
+//! Per group and per chunk of images:
+//! - `d_weight += d_out · im2col(x)ᵀ` (one GEMM, `C_out/g × cols · cols × C_in/g·kH·kW`);
+//! - stride 1: `d_input = Wᵀ_flipped · im2col(d_out)` — the transposed convolution as a
+//!   forward one, written straight into `d_input` with no scatter;
+//! - other strides: `d_col = Wᵀ · d_out`, then col2im adds the columns back into `d_input`.
 
 use rayon::prelude::*;
 
 use super::{Mat, check_len, gemm_f32};
 use crate::geom::Conv2dGeom;
 
-/// Columns (images × output positions) per GEMM: big enough to keep the GEMM efficient, small
-/// enough that one group's im2col buffer stays near the L2 cache.
-const TARGET_COLS: usize = 512;
+/// Output columns (images × output positions) per weight-gradient GEMM: big enough to keep the
+/// GEMM efficient, small enough that the im2col buffer stays near the L2 cache.
+const TARGET_COLS: usize = 256;
 /// Most pieces the batch is split into. Fixed (not the thread count) so results are identical
 /// for any pool size; each piece owns a slice of the scratch buffer.
 const MAX_SLOTS: usize = 8;
@@ -22,12 +28,21 @@ struct Plan {
     /// Images per GEMM inside a slot (the last chunk may have fewer).
     chunk: usize,
     /// Output positions per image.
-    p: usize,
+    p_out: usize,
+    /// Input positions per image.
+    p_in: usize,
     cin_g: usize,
     cout_g: usize,
-    /// Rows of one group's im2col matrix: `C_in/groups · kH · kW`.
-    kg: usize,
+    /// `kH · kW`.
+    kk: usize,
+    /// The input gradient is computed as a transposed convolution (stride 1).
+    transposed: bool,
+    /// Length of the shared, flipped and transposed weights (0 unless `transposed`).
+    wt_len: usize,
     col_len: usize,
+    /// Length of the zero-padded planes im2col copies from.
+    pad_len: usize,
+    /// Length of the regrouped `d_out` (0 when chunks are single images: no regrouping).
     dy_len: usize,
     per_slot: usize,
 }
@@ -44,26 +59,46 @@ fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
         g.stride_h > 0 && g.stride_w > 0 && g.dilation_h > 0 && g.dilation_w > 0,
         "conv2d_backward: stride and dilation must be positive"
     );
-    let p = g.out_h * g.out_w;
-    let slots0 = batch.min(MAX_SLOTS).max(1);
+    let p_out = g.out_h * g.out_w;
+    let p_in = g.in_h * g.in_w;
+    let slots0 = batch.clamp(1, MAX_SLOTS);
     let imgs_per_slot = batch.div_ceil(slots0).max(1);
     let slots = batch.div_ceil(imgs_per_slot);
-    let chunk = (TARGET_COLS / p.max(1)).clamp(1, imgs_per_slot);
+    let chunk = (TARGET_COLS / p_out.max(1)).clamp(1, imgs_per_slot);
     let cin_g = g.in_channels / g.groups;
     let cout_g = g.out_channels / g.groups;
-    let kg = cin_g * g.kernel_h * g.kernel_w;
-    let col_len = kg * chunk * p;
-    let dy_len = g.out_channels * chunk * p;
-    let per_slot = col_len + dy_len + g.weight_len() + g.out_channels;
+    let kk = g.kernel_h * g.kernel_w;
+    let transposed = g.stride_h == 1 && g.stride_w == 1;
+    let fwd_col = cin_g * kk * chunk * p_out;
+    let col_len = if transposed {
+        fwd_col.max(cout_g * kk * chunk * p_in)
+    } else {
+        fwd_col
+    };
+    let dy_len = if chunk > 1 {
+        g.out_channels * chunk * p_out
+    } else {
+        0
+    };
+    let pad_len = Unfold::forward(g).pad_len(cin_g).max(if transposed {
+        Unfold::transposed(g).pad_len(cout_g)
+    } else {
+        0
+    });
+    let per_slot = col_len + pad_len + dy_len + g.weight_len() + g.out_channels;
     Plan {
         imgs_per_slot,
         slots,
         chunk,
-        p,
+        p_out,
+        p_in,
         cin_g,
         cout_g,
-        kg,
+        kk,
+        transposed,
+        wt_len: if transposed { g.weight_len() } else { 0 },
         col_len,
+        pad_len,
         dy_len,
         per_slot,
     }
@@ -72,11 +107,12 @@ fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
 /// Scratch elements [`conv2d_backward`] needs for `batch` images of geometry `g`.
 ///
 /// Allocate it once per layer (or once for the largest layer: a longer buffer is fine) and reuse
-/// it every step. It holds, for each of at most 8 batch slices, one group's im2col matrix, the
-/// slice's output gradient regrouped for the GEMM, and a partial weight/bias gradient.
+/// it every step. It holds a rearranged copy of the weights and, for each of at most 8 batch
+/// slices, an im2col matrix, the slice's output gradient regrouped for the GEMM, and a partial
+/// weight/bias gradient.
 pub fn conv2d_backward_scratch_len(g: &Conv2dGeom, batch: usize) -> usize {
     let pl = plan(g, batch);
-    pl.slots * pl.per_slot
+    pl.wt_len + pl.slots * pl.per_slot
 }
 
 /// Backward of `nn.Conv2d` (PyTorch `convolution_backward`) for a batch.
@@ -124,7 +160,7 @@ pub fn conv2d_backward(
     if let Some(db) = &d_bias {
         check_len("conv2d_backward d_bias", db.len(), g.out_channels);
     }
-    let need = pl.slots * pl.per_slot;
+    let need = pl.wt_len + pl.slots * pl.per_slot;
     assert!(
         scratch.len() >= need,
         "conv2d_backward scratch: slice has {} elements, needs at least {need}",
@@ -140,21 +176,24 @@ pub fn conv2d_backward(
         }
         return;
     }
-    let scratch = &mut scratch[..need];
+    let (wt, scratch) = scratch[..need].split_at_mut(pl.wt_len);
+    if d_input.is_some() && pl.transposed {
+        flip_transpose(g, &pl, weight, wt);
+    }
+    let wt = &*wt;
     let ips = pl.imgs_per_slot;
     let work = |s: usize, sc: &mut [f32], dx: Option<&mut [f32]>| {
         let i0 = s * ips;
         let n = ips.min(batch - i0);
-        slot_backward(
+        let slot = Slot {
             g,
-            &pl,
-            n,
-            &input[i0 * in_len..(i0 + n) * in_len],
-            weight,
-            &d_out[i0 * out_len..(i0 + n) * out_len],
-            dx,
-            sc,
-        );
+            pl: &pl,
+            x: &input[i0 * in_len..(i0 + n) * in_len],
+            w: weight,
+            wt,
+            dy: &d_out[i0 * out_len..(i0 + n) * out_len],
+        };
+        slot.run(n, dx, sc);
     };
     match d_input {
         Some(dx) => scratch
@@ -168,7 +207,7 @@ pub fn conv2d_backward(
             .for_each(|(s, sc)| work(s, sc, None)),
     }
     // Deterministic reduction: slot 0 first, then each later slot in order.
-    let part_off = pl.col_len + pl.dy_len;
+    let part_off = pl.col_len + pl.pad_len + pl.dy_len;
     let wl = g.weight_len();
     let mut slots = scratch.chunks(pl.per_slot).map(|sc| &sc[part_off..]);
     let first = slots.next().expect("batch > 0 gives one slot");
@@ -189,140 +228,312 @@ pub fn conv2d_backward(
     }
 }
 
-/// One slot: `n` images. Leaves the slot's partial `d_weight`/`d_bias` at the end of `sc`.
-#[expect(clippy::too_many_arguments, reason = "internal; one slot's slices")]
-fn slot_backward(
-    g: &Conv2dGeom,
-    pl: &Plan,
-    n: usize,
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    mut dx: Option<&mut [f32]>,
-    sc: &mut [f32],
-) {
-    let (col, rest) = sc.split_at_mut(pl.col_len);
-    let (dyg, part) = rest.split_at_mut(pl.dy_len);
-    let (pw, pb) = part.split_at_mut(g.weight_len());
-    let pb = &mut pb[..g.out_channels];
-    pb.fill(0.0);
-    if let Some(dx) = dx.as_deref_mut() {
-        dx.fill(0.0);
-    }
-    let (p, kg, cout_g, cin_g) = (pl.p, pl.kg, pl.cout_g, pl.cin_g);
-    let (in_len, out_len) = (g.in_len(), g.out_len());
-    let wg_len = cout_g * kg;
-    for (ci, b0) in (0..n).step_by(pl.chunk).enumerate() {
-        let nb = pl.chunk.min(n - b0);
-        let cols = nb * p;
-        // Regroup d_out for these images as a [C_out, nb·P] matrix.
-        for b in 0..nb {
-            let src = &dy[(b0 + b) * out_len..(b0 + b + 1) * out_len];
-            for co in 0..g.out_channels {
-                dyg[co * cols + b * p..co * cols + (b + 1) * p]
-                    .copy_from_slice(&src[co * p..(co + 1) * p]);
-            }
-        }
-        for (co, d) in pb.iter_mut().enumerate() {
-            *d += dyg[co * cols..(co + 1) * cols].iter().sum::<f32>();
-        }
-        for grp in 0..g.groups {
-            for b in 0..nb {
-                let img = &x[(b0 + b) * in_len..(b0 + b + 1) * in_len];
-                im2col(g, img, grp * cin_g, cin_g, col, cols, b * p);
-            }
-            let dyg_g = &dyg[grp * cout_g * cols..(grp + 1) * cout_g * cols];
-            // d_weight_g (+)= d_out_g [C_out_g, cols] · colᵀ [cols, kg]
-            gemm_f32(
-                &mut pw[grp * wg_len..(grp + 1) * wg_len],
-                Mat::row_major(cout_g, kg),
-                ci > 0,
-                dyg_g,
-                Mat::row_major(cout_g, cols),
-                col,
-                Mat::transposed(cols, kg),
-            );
-            if let Some(dx) = dx.as_deref_mut() {
-                // d_col [kg, cols] = W_gᵀ [kg, C_out_g] · d_out_g [C_out_g, cols]; reuses `col`.
-                gemm_f32(
-                    col,
-                    Mat::row_major(kg, cols),
-                    false,
-                    &w[grp * wg_len..(grp + 1) * wg_len],
-                    Mat::transposed(kg, cout_g),
-                    dyg_g,
-                    Mat::row_major(cout_g, cols),
-                );
-                for b in 0..nb {
-                    let img = &mut dx[(b0 + b) * in_len..(b0 + b + 1) * in_len];
-                    col2im(g, img, grp * cin_g, cin_g, col, cols, b * p);
+/// `wt[grp][ci][co][kh][kw] = w[grp·C_out/g + co][ci][kH−1−kh][kW−1−kw]`: per group, the
+/// `[C_in/g, C_out/g·kH·kW]` matrix of the transposed convolution.
+fn flip_transpose(g: &Conv2dGeom, pl: &Plan, w: &[f32], wt: &mut [f32]) {
+    let (cin_g, cout_g, kk) = (pl.cin_g, pl.cout_g, pl.kk);
+    for grp in 0..g.groups {
+        for ci in 0..cin_g {
+            for co in 0..cout_g {
+                let src = &w[((grp * cout_g + co) * cin_g + ci) * kk..][..kk];
+                let dst = &mut wt[((grp * cin_g + ci) * cout_g + co) * kk..][..kk];
+                for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                    *d = *s;
                 }
             }
         }
     }
-    if n == 0 {
-        pw.fill(0.0);
+}
+
+/// The read-only operands of one slot.
+struct Slot<'a> {
+    g: &'a Conv2dGeom,
+    pl: &'a Plan,
+    x: &'a [f32],
+    w: &'a [f32],
+    wt: &'a [f32],
+    dy: &'a [f32],
+}
+
+impl Slot<'_> {
+    /// Processes `n` images; leaves the slot's partial `d_weight`/`d_bias` at the end of `sc`.
+    fn run(&self, n: usize, mut dx: Option<&mut [f32]>, sc: &mut [f32]) {
+        let (g, pl) = (self.g, self.pl);
+        let (col, rest) = sc.split_at_mut(pl.col_len);
+        let (xp, rest) = rest.split_at_mut(pl.pad_len);
+        let (dyg, part) = rest.split_at_mut(pl.dy_len);
+        let (pw, pb) = part.split_at_mut(g.weight_len());
+        let pb = &mut pb[..g.out_channels];
+        pb.fill(0.0);
+        if !pl.transposed
+            && let Some(dx) = dx.as_deref_mut()
+        {
+            dx.fill(0.0);
+        }
+        let (p, kk, cout_g, cin_g) = (pl.p_out, pl.kk, pl.cout_g, pl.cin_g);
+        let kg = cin_g * kk;
+        let (in_len, out_len, hw) = (g.in_len(), g.out_len(), pl.p_in);
+        let wg_len = cout_g * kg;
+        let fwd = Unfold::forward(g);
+        let tr = Unfold::transposed(g);
+        for (ci, b0) in (0..n).step_by(pl.chunk).enumerate() {
+            let nb = pl.chunk.min(n - b0);
+            let cols = nb * p;
+            // d_out for these images as a [C_out, nb·P] matrix: regrouped, or the image itself.
+            let dyc: &[f32] = if nb == 1 {
+                &self.dy[b0 * out_len..(b0 + 1) * out_len]
+            } else {
+                for b in 0..nb {
+                    let src = &self.dy[(b0 + b) * out_len..(b0 + b + 1) * out_len];
+                    for co in 0..g.out_channels {
+                        copy_row(
+                            &mut dyg[co * cols + b * p..co * cols + (b + 1) * p],
+                            &src[co * p..(co + 1) * p],
+                        );
+                    }
+                }
+                &dyg[..g.out_channels * cols]
+            };
+            for (co, d) in pb.iter_mut().enumerate() {
+                *d += dyc[co * cols..(co + 1) * cols].iter().sum::<f32>();
+            }
+            for grp in 0..g.groups {
+                for b in 0..nb {
+                    let img = &self.x[(b0 + b) * in_len..(b0 + b + 1) * in_len];
+                    let planes = &img[grp * cin_g * hw..(grp + 1) * cin_g * hw];
+                    fwd.im2col(planes, cin_g, xp, col, cols, b * p);
+                }
+                let dy_g = &dyc[grp * cout_g * cols..(grp + 1) * cout_g * cols];
+                // d_weight_g (+)= d_out_g [C_out_g, cols] · colᵀ [cols, kg]
+                gemm_f32(
+                    &mut pw[grp * wg_len..(grp + 1) * wg_len],
+                    Mat::row_major(cout_g, kg),
+                    ci > 0,
+                    dy_g,
+                    Mat::row_major(cout_g, cols),
+                    col,
+                    Mat::transposed(cols, kg),
+                );
+                let Some(dx) = dx.as_deref_mut() else {
+                    continue;
+                };
+                if pl.transposed {
+                    // d_input_g [C_in_g, H·W] = Wt_g [C_in_g, C_out_g·kk] · im2col(d_out_g).
+                    let cols_in = nb * hw;
+                    for b in 0..nb {
+                        let img = &self.dy[(b0 + b) * out_len..(b0 + b + 1) * out_len];
+                        let planes = &img[grp * cout_g * p..(grp + 1) * cout_g * p];
+                        tr.im2col(planes, cout_g, xp, col, cols_in, b * hw);
+                    }
+                    for b in 0..nb {
+                        let dst = &mut dx[(b0 + b) * in_len + grp * cin_g * hw..][..cin_g * hw];
+                        gemm_f32(
+                            dst,
+                            Mat::row_major(cin_g, hw),
+                            false,
+                            &self.wt[grp * wg_len..(grp + 1) * wg_len],
+                            Mat::row_major(cin_g, cout_g * kk),
+                            &col[b * hw..],
+                            Mat {
+                                rows: cout_g * kk,
+                                cols: hw,
+                                rs: cols_in,
+                                cs: 1,
+                            },
+                        );
+                    }
+                } else {
+                    // d_col [kg, cols] = W_gᵀ [kg, C_out_g] · d_out_g [C_out_g, cols]; reuses `col`.
+                    gemm_f32(
+                        col,
+                        Mat::row_major(kg, cols),
+                        false,
+                        &self.w[grp * wg_len..(grp + 1) * wg_len],
+                        Mat::transposed(kg, cout_g),
+                        dy_g,
+                        Mat::row_major(cout_g, cols),
+                    );
+                    for b in 0..nb {
+                        let img = &mut dx[(b0 + b) * in_len..(b0 + b + 1) * in_len];
+                        let planes = &mut img[grp * cin_g * hw..(grp + 1) * cin_g * hw];
+                        fwd.col2im(planes, cin_g, col, cols, b * p);
+                    }
+                }
+            }
+        }
     }
 }
 
-/// Output positions `o < out` whose input coordinate `o·stride + off − pad` lies in `0..len`,
-/// as a half-open range.
-fn valid_range(out: usize, stride: usize, off: usize, pad: usize, len: usize) -> (usize, usize) {
-    let lo = if off >= pad {
-        0
-    } else {
-        (pad - off).div_ceil(stride)
-    };
-    let hi = if pad + len <= off {
-        0
-    } else {
-        (pad + len - off).div_ceil(stride)
-    };
-    let hi = hi.min(out);
-    (lo.min(hi), hi)
+/// One im2col problem: channel planes of `src_h × src_w`, a `kh × kw` window with stride,
+/// dilation and top/left padding (possibly negative), over an `out_h × out_w` grid. Row
+/// `(c·kh + i)·kw + j`, column `oh·out_w + ow` holds
+/// `src[c, oh·sh + i·dh − pad_h, ow·sw + j·dw − pad_w]`, or 0 outside the plane.
+#[derive(Debug, Clone, Copy)]
+struct Unfold {
+    src_h: usize,
+    src_w: usize,
+    out_h: usize,
+    out_w: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    pad_h: isize,
+    pad_w: isize,
 }
 
-/// Writes the im2col rows of channels `c0..c0+cin_g` of one image into `col` (row stride `ld`,
-/// starting at column `off`): row `(ci·kH + kh)·kW + kw`, column `oh·W_out + ow` holds
-/// `x[c0+ci, oh·sh + kh·dh − pt, ow·sw + kw·dw − pl]`, zero outside the image.
-fn im2col(
-    g: &Conv2dGeom,
-    img: &[f32],
-    c0: usize,
-    cin_g: usize,
-    col: &mut [f32],
-    ld: usize,
-    off: usize,
-) {
-    let (hw, ow_n) = (g.in_h * g.in_w, g.out_w);
-    let p = g.out_h * ow_n;
-    for ci in 0..cin_g {
-        let plane = &img[(c0 + ci) * hw..(c0 + ci + 1) * hw];
-        for kh in 0..g.kernel_h {
-            let (h_lo, h_hi) =
-                valid_range(g.out_h, g.stride_h, kh * g.dilation_h, g.pad_top, g.in_h);
-            for kw in 0..g.kernel_w {
-                let (w_lo, w_hi) =
-                    valid_range(ow_n, g.stride_w, kw * g.dilation_w, g.pad_left, g.in_w);
-                let row = (ci * g.kernel_h + kh) * g.kernel_w + kw;
-                let dst = &mut col[row * ld + off..row * ld + off + p];
-                dst[..h_lo * ow_n].fill(0.0);
-                dst[h_hi * ow_n..].fill(0.0);
-                for oh in h_lo..h_hi {
-                    let ih = oh * g.stride_h + kh * g.dilation_h - g.pad_top;
-                    let d = &mut dst[oh * ow_n..(oh + 1) * ow_n];
-                    d[..w_lo].fill(0.0);
-                    d[w_hi..].fill(0.0);
+impl Unfold {
+    /// The convolution's own im2col over its input.
+    const fn forward(g: &Conv2dGeom) -> Self {
+        Self {
+            src_h: g.in_h,
+            src_w: g.in_w,
+            out_h: g.out_h,
+            out_w: g.out_w,
+            kh: g.kernel_h,
+            kw: g.kernel_w,
+            sh: g.stride_h,
+            sw: g.stride_w,
+            dh: g.dilation_h,
+            dw: g.dilation_w,
+            pad_h: g.pad_top as isize,
+            pad_w: g.pad_left as isize,
+        }
+    }
+
+    /// For stride 1: im2col over `d_out` producing the input grid, with the kernel flipped, so
+    /// that `d_input = flipped Wᵀ · unfold(d_out)`. Input row `ih` receives output row
+    /// `ih + pad_top − i·dh` for tap `i`, i.e. flipped tap `kH−1−i` at offset
+    /// `(kH−1)·dh − pad_top`.
+    const fn transposed(g: &Conv2dGeom) -> Self {
+        Self {
+            src_h: g.out_h,
+            src_w: g.out_w,
+            out_h: g.in_h,
+            out_w: g.in_w,
+            kh: g.kernel_h,
+            kw: g.kernel_w,
+            sh: 1,
+            sw: 1,
+            dh: g.dilation_h,
+            dw: g.dilation_w,
+            pad_h: (g.kernel_h.saturating_sub(1) * g.dilation_h) as isize - g.pad_top as isize,
+            pad_w: (g.kernel_w.saturating_sub(1) * g.dilation_w) as isize - g.pad_left as isize,
+        }
+    }
+
+    /// Rows and columns of the zero-padded copy of a plane that [`Unfold::im2col`] reads: the
+    /// span of source coordinates any window touches, starting at `−pad`.
+    const fn padded_dims(&self) -> (usize, usize) {
+        (
+            (self.out_h - 1) * self.sh + (self.kh - 1) * self.dh + 1,
+            (self.out_w - 1) * self.sw + (self.kw - 1) * self.dw + 1,
+        )
+    }
+
+    /// Scratch elements [`Unfold::im2col`] needs for `channels` planes.
+    const fn pad_len(&self, channels: usize) -> usize {
+        if self.out_h == 0 || self.out_w == 0 || self.kh == 0 || self.kw == 0 {
+            return 0;
+        }
+        let (hp, wp) = self.padded_dims();
+        channels * hp * wp
+    }
+
+    /// Writes the rows of `channels` planes (`planes` holds exactly those) into `col`, row
+    /// stride `ld`, starting at column `off`. Copies the planes, zero-padded, into `xp` first
+    /// so every window row is one branch-free copy.
+    fn im2col(
+        &self,
+        planes: &[f32],
+        channels: usize,
+        xp: &mut [f32],
+        col: &mut [f32],
+        ld: usize,
+        off: usize,
+    ) {
+        if self.pad_len(1) == 0 {
+            return;
+        }
+        let (hw, ow_n) = (self.src_h * self.src_w, self.out_w);
+        let (hp, wp) = self.padded_dims();
+        let xp = &mut xp[..channels * hp * wp];
+        // Source columns present in the padded row: [c_lo, c_hi) at padded offset c_lo + pad_w.
+        let c_lo = (self.pad_w.max(0) as usize).min(wp); // first padded column holding source column 0
+        let first_src_col = (-self.pad_w).max(0) as usize;
+        let n_cols = (self.src_w.saturating_sub(first_src_col)).min(wp.saturating_sub(c_lo));
+        for c in 0..channels {
+            let plane = &planes[c * hw..(c + 1) * hw];
+            for (r, row) in xp[c * hp * wp..(c + 1) * hp * wp]
+                .chunks_exact_mut(wp)
+                .enumerate()
+            {
+                let sr = r as isize - self.pad_h;
+                if sr < 0 || sr >= self.src_h as isize {
+                    row.fill(0.0);
+                    continue;
+                }
+                let src = &plane[sr as usize * self.src_w + first_src_col..][..n_cols];
+                row[..c_lo].fill(0.0);
+                copy_row(&mut row[c_lo..c_lo + n_cols], src);
+                row[c_lo + n_cols..].fill(0.0);
+            }
+        }
+        let xp = &*xp;
+        let p = self.out_h * ow_n;
+        for c in 0..channels {
+            let pl = &xp[c * hp * wp..(c + 1) * hp * wp];
+            for i in 0..self.kh {
+                for j in 0..self.kw {
+                    let row = (c * self.kh + i) * self.kw + j;
+                    let dst = &mut col[row * ld + off..row * ld + off + p];
+                    for (oh, d) in dst.chunks_exact_mut(ow_n).enumerate() {
+                        let start = (oh * self.sh + i * self.dh) * wp + j * self.dw;
+                        if self.sw == 1 {
+                            copy_row(d, &pl[start..start + ow_n]);
+                        } else {
+                            for (k, v) in d.iter_mut().enumerate() {
+                                *v = pl[start + k * self.sw];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Unfold::im2col`]: adds each column entry back where it came from.
+    fn col2im(&self, planes: &mut [f32], channels: usize, col: &[f32], ld: usize, off: usize) {
+        let (hw, ow_n) = (self.src_h * self.src_w, self.out_w);
+        let p = self.out_h * ow_n;
+        for c in 0..channels {
+            let plane = &mut planes[c * hw..(c + 1) * hw];
+            for i in 0..self.kh {
+                let (h_lo, h_hi) =
+                    valid_range(self.out_h, self.sh, i * self.dh, self.pad_h, self.src_h);
+                for j in 0..self.kw {
+                    let (w_lo, w_hi) =
+                        valid_range(ow_n, self.sw, j * self.dw, self.pad_w, self.src_w);
                     if w_lo == w_hi {
                         continue;
                     }
-                    let src = &plane[ih * g.in_w..(ih + 1) * g.in_w];
-                    let iw0 = w_lo * g.stride_w + kw * g.dilation_w - g.pad_left;
-                    if g.stride_w == 1 {
-                        d[w_lo..w_hi].copy_from_slice(&src[iw0..iw0 + (w_hi - w_lo)]);
-                    } else {
-                        for (j, v) in d[w_lo..w_hi].iter_mut().enumerate() {
-                            *v = src[iw0 + j * g.stride_w];
+                    let row = (c * self.kh + i) * self.kw + j;
+                    let srcrow = &col[row * ld + off..row * ld + off + p];
+                    for oh in h_lo..h_hi {
+                        let ih = ((oh * self.sh + i * self.dh) as isize - self.pad_h) as usize;
+                        let s = &srcrow[oh * ow_n + w_lo..oh * ow_n + w_hi];
+                        let dst = &mut plane[ih * self.src_w..(ih + 1) * self.src_w];
+                        let iw0 = ((w_lo * self.sw + j * self.dw) as isize - self.pad_w) as usize;
+                        if self.sw == 1 {
+                            for (d, v) in dst[iw0..iw0 + s.len()].iter_mut().zip(s) {
+                                *d += v;
+                            }
+                        } else {
+                            for (k, v) in s.iter().enumerate() {
+                                dst[iw0 + k * self.sw] += v;
+                            }
                         }
                     }
                 }
@@ -331,49 +542,46 @@ fn im2col(
     }
 }
 
-/// The adjoint of [`im2col`]: adds each column entry back into the image position it came from.
-fn col2im(
-    g: &Conv2dGeom,
-    img: &mut [f32],
-    c0: usize,
-    cin_g: usize,
-    col: &[f32],
-    ld: usize,
-    off: usize,
-) {
-    let (hw, ow_n) = (g.in_h * g.in_w, g.out_w);
-    let p = g.out_h * ow_n;
-    for ci in 0..cin_g {
-        let plane = &mut img[(c0 + ci) * hw..(c0 + ci + 1) * hw];
-        for kh in 0..g.kernel_h {
-            let (h_lo, h_hi) =
-                valid_range(g.out_h, g.stride_h, kh * g.dilation_h, g.pad_top, g.in_h);
-            for kw in 0..g.kernel_w {
-                let (w_lo, w_hi) =
-                    valid_range(ow_n, g.stride_w, kw * g.dilation_w, g.pad_left, g.in_w);
-                if w_lo == w_hi {
-                    continue;
-                }
-                let row = (ci * g.kernel_h + kh) * g.kernel_w + kw;
-                let srcrow = &col[row * ld + off..row * ld + off + p];
-                for oh in h_lo..h_hi {
-                    let ih = oh * g.stride_h + kh * g.dilation_h - g.pad_top;
-                    let s = &srcrow[oh * ow_n + w_lo..oh * ow_n + w_hi];
-                    let dst = &mut plane[ih * g.in_w..(ih + 1) * g.in_w];
-                    let iw0 = w_lo * g.stride_w + kw * g.dilation_w - g.pad_left;
-                    if g.stride_w == 1 {
-                        for (d, v) in dst[iw0..iw0 + s.len()].iter_mut().zip(s) {
-                            *d += v;
-                        }
-                    } else {
-                        for (j, v) in s.iter().enumerate() {
-                            dst[iw0 + j * g.stride_w] += v;
-                        }
-                    }
-                }
-            }
-        }
+/// `d.copy_from_slice(s)` for short rows, inline (a `memcpy` call per 14-float row costs more
+/// than the copy).
+#[inline(always)]
+fn copy_row(d: &mut [f32], s: &[f32]) {
+    assert_eq!(d.len(), s.len());
+    let mut dc = d.chunks_exact_mut(8);
+    let mut sc = s.chunks_exact(8);
+    for (a, b) in (&mut dc).zip(&mut sc) {
+        let a: &mut [f32; 8] = a.try_into().expect("chunk of 8");
+        let b: &[f32; 8] = b.try_into().expect("chunk of 8");
+        *a = *b;
     }
+    let (d, s) = (dc.into_remainder(), sc.remainder());
+    let mut k = 0;
+    if d.len() - k >= 4 {
+        let a: &mut [f32; 4] = (&mut d[k..k + 4]).try_into().expect("4");
+        *a = s[k..k + 4].try_into().expect("4");
+        k += 4;
+    }
+    if d.len() - k >= 2 {
+        let a: &mut [f32; 2] = (&mut d[k..k + 2]).try_into().expect("2");
+        *a = s[k..k + 2].try_into().expect("2");
+        k += 2;
+    }
+    if d.len() > k {
+        d[k] = s[k];
+    }
+}
+
+/// Output positions `o < out` whose source coordinate `o·stride + off − pad` lies in `0..len`,
+/// as a half-open range.
+fn valid_range(out: usize, stride: usize, off: usize, pad: isize, len: usize) -> (usize, usize) {
+    // Need o·stride ≥ a and o·stride < len + a, with a = pad − off.
+    let a = pad - off as isize;
+    let s = stride as isize;
+    let lo = if a <= 0 { 0 } else { (a + s - 1) / s };
+    let b = len as isize + a;
+    let hi = if b <= 0 { 0 } else { (b + s - 1) / s };
+    let hi = (hi as usize).min(out);
+    ((lo as usize).min(hi), hi)
 }
 
 /// Direct-loop backward of `nn.Conv2d`, single-threaded, accumulating in `f64`: the slow, obvious
