@@ -332,10 +332,10 @@ struct TileOut<'a> {
 
 /// Per-column-vector bookkeeping, recomputed when a worker moves to the next vector.
 struct ColVec {
-    /// Batch index, output row and output column of each lane (valid for `l < lanes`).
-    n: [usize; NR],
-    oh: [usize; NR],
-    ow: [usize; NR],
+    /// Image and pixel (`oh·W_out + ow`) of lane 0.
+    n0: usize,
+    p0: usize,
+    /// Lanes that exist (16 except in the last vector).
     lanes: usize,
     segs: [(u16, isize); NR],
     nsegs: usize,
@@ -346,9 +346,8 @@ struct ColVec {
 impl ColVec {
     fn new() -> ColVec {
         ColVec {
-            n: [0; NR],
-            oh: [0; NR],
-            ow: [0; NR],
+            n0: 0,
+            p0: 0,
             lanes: 0,
             segs: [(0, 0); NR],
             nsegs: 0,
@@ -357,17 +356,36 @@ impl ColVec {
         }
     }
 
-    /// Fills the lane coordinates and output segments of the vector starting at column `c0`.
+    /// Locates the vector starting at column `c0` and its output segments.
     fn locate(&mut self, g: &Conv2dGeom, c0: usize, total: usize) {
         let ohw = g.out_h * g.out_w;
         let lanes = NR.min(total - c0);
         self.lanes = lanes;
-        let (mut n, p) = (c0 / ohw, c0 % ohw);
-        let (mut oh, mut ow) = (p / g.out_w, p % g.out_w);
-        for l in 0..lanes {
-            self.n[l] = n;
-            self.oh[l] = oh;
-            self.ow[l] = ow;
+        self.n0 = c0 / ohw;
+        self.p0 = c0 % ohw;
+        // Runs of lanes in the same image are contiguous in the output.
+        self.nsegs = 0;
+        let (mut l, mut n, mut p) = (0, self.n0, self.p0);
+        while l < lanes {
+            let len = (lanes - l).min(ohw - p);
+            let mask = (((1u32 << len) - 1) << l) as u16;
+            let off = (n * g.out_channels * ohw + p) as isize - l as isize;
+            self.segs[self.nsegs] = (mask, off);
+            self.nsegs += 1;
+            l += len;
+            n += 1;
+            p = 0;
+        }
+    }
+
+    /// Image, output row and output column of each lane (valid for `l < lanes`).
+    fn coords(&self, g: &Conv2dGeom) -> ([usize; NR], [usize; NR], [usize; NR]) {
+        let (mut n, mut oh, mut ow) = (self.n0, self.p0 / g.out_w, self.p0 % g.out_w);
+        let (mut ns, mut ohs, mut ows) = ([0; NR], [0; NR], [0; NR]);
+        for l in 0..self.lanes {
+            ns[l] = n;
+            ohs[l] = oh;
+            ows[l] = ow;
             ow += 1;
             if ow == g.out_w {
                 ow = 0;
@@ -378,28 +396,24 @@ impl ColVec {
                 }
             }
         }
-        // Runs of lanes in the same image are contiguous in the output.
-        self.nsegs = 0;
-        let mut l = 0;
-        while l < lanes {
-            let n = self.n[l];
-            let p = self.oh[l] * g.out_w + self.ow[l];
-            let len = (lanes - l).min(ohw - p);
-            let mask = (((1u32 << len) - 1) << l) as u16;
-            let off = (n * g.out_channels * ohw + p) as isize - l as isize;
-            self.segs[self.nsegs] = (mask, off);
-            self.nsegs += 1;
-            l += len;
-        }
+        (ns, ohs, ows)
     }
 
     /// Direct path: which lanes each kernel row / column keeps inside the input.
-    fn direct_masks(&mut self, g: &Conv2dGeom) {
+    fn direct_masks(&mut self, g: &Conv2dGeom, isa: Isa) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && g.out_h * g.out_w + NR < 1 << 22 {
+            // SAFETY: `Isa::Avx512` is only chosen when avx512f is available (see `tile`).
+            unsafe { self.direct_masks_avx512(g) };
+            return;
+        }
+        let _ = isa;
+        let (_, oh, ow) = self.coords(g);
         for kh in 0..g.kernel_h {
             let dy = (kh * g.dilation_h) as isize - g.pad_top as isize;
             let mut m = 0u16;
-            for l in 0..self.lanes {
-                let ih = self.oh[l] as isize + dy;
+            for (l, &oh) in oh.iter().enumerate().take(self.lanes) {
+                let ih = oh as isize + dy;
                 if ih >= 0 && ih < g.in_h as isize {
                     m |= 1 << l;
                 }
@@ -409,8 +423,8 @@ impl ColVec {
         for kw in 0..g.kernel_w {
             let dx = (kw * g.dilation_w) as isize - g.pad_left as isize;
             let mut m = 0u16;
-            for l in 0..self.lanes {
-                let iw = self.ow[l] as isize + dx;
+            for (l, &ow) in ow.iter().enumerate().take(self.lanes) {
+                let iw = ow as isize + dx;
                 if iw >= 0 && iw < g.in_w as isize {
                     m |= 1 << l;
                 }
@@ -419,9 +433,52 @@ impl ColVec {
         }
     }
 
+    /// [`ColVec::direct_masks`] with vector arithmetic: lane pixels `p0 + l` are split into
+    /// row and column with exact `f32` division (pixel counts are far below 2^22).
+    ///
+    /// # Safety
+    /// The CPU must support avx512f.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn direct_masks_avx512(&mut self, g: &Conv2dGeom) {
+        use std::arch::x86_64::*;
+        let ohw = (g.out_h * g.out_w) as f32;
+        let w = g.out_w as f32;
+        let iota = _mm512_setr_ps(
+            0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
+        );
+        let half = _mm512_set1_ps(0.5);
+        let p = _mm512_add_ps(_mm512_set1_ps(self.p0 as f32), iota);
+        // p mod (H·W): lanes past the image wrap into the next one(s).
+        let img = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
+            _mm512_div_ps(_mm512_add_ps(p, half), _mm512_set1_ps(ohw)),
+        );
+        let p = _mm512_fnmadd_ps(img, _mm512_set1_ps(ohw), p);
+        let oh = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
+            _mm512_div_ps(_mm512_add_ps(p, half), _mm512_set1_ps(w)),
+        );
+        let ow = _mm512_fnmadd_ps(oh, _mm512_set1_ps(w), p);
+        let (oh, ow) = (_mm512_cvtps_epi32(oh), _mm512_cvtps_epi32(ow));
+        let lanes = ((1u32 << self.lanes) - 1) as u16;
+        let ih_n = _mm512_set1_epi32(g.in_h as i32);
+        for kh in 0..g.kernel_h {
+            let dy = (kh * g.dilation_h) as i32 - g.pad_top as i32;
+            // Unsigned compare: negative rows wrap to huge values and fail `< H`.
+            let ih = _mm512_add_epi32(oh, _mm512_set1_epi32(dy));
+            self.row_mask[kh] = _mm512_mask_cmplt_epu32_mask(lanes, ih, ih_n);
+        }
+        let iw_n = _mm512_set1_epi32(g.in_w as i32);
+        for kw in 0..g.kernel_w {
+            let dx = (kw * g.dilation_w) as i32 - g.pad_left as i32;
+            let iw = _mm512_add_epi32(ow, _mm512_set1_epi32(dx));
+            self.col_mask[kw] = _mm512_mask_cmplt_epu32_mask(lanes, iw, iw_n);
+        }
+    }
+
     /// Packed path: gathers the vector's input values of group `grp` into `buf` as
     /// `[tap][ci][NR]`, zero where a tap falls on padding or past the last column.
     fn im2col(&self, g: &Conv2dGeom, grp: usize, input: &[f32], buf: &mut [f32]) {
+        let (ns, ohs, ows) = self.coords(g);
         let cin = g.in_channels / g.groups;
         let hw = g.in_h * g.in_w;
         for kh in 0..g.kernel_h {
@@ -430,13 +487,13 @@ impl ColVec {
                 for l in 0..NR {
                     let mut src = None;
                     if l < self.lanes {
-                        let ih = (self.oh[l] * g.stride_h + kh * g.dilation_h) as isize
-                            - g.pad_top as isize;
-                        let iw = (self.ow[l] * g.stride_w + kw * g.dilation_w) as isize
+                        let ih =
+                            (ohs[l] * g.stride_h + kh * g.dilation_h) as isize - g.pad_top as isize;
+                        let iw = (ows[l] * g.stride_w + kw * g.dilation_w) as isize
                             - g.pad_left as isize;
                         if ih >= 0 && ih < g.in_h as isize && iw >= 0 && iw < g.in_w as isize {
                             src = Some(
-                                (self.n[l] * g.in_channels + grp * cin) * hw
+                                (ns[l] * g.in_channels + grp * cin) * hw
                                     + ih as usize * g.in_w
                                     + iw as usize,
                             );
@@ -506,7 +563,12 @@ fn run_core(c: &Core, batch: usize, input: &[f32], output: &mut [f32], scratch: 
         work.run(0, 1, &mut rest[..per]);
     } else if per == 0 {
         let w = &work;
-        (0..nt).into_par_iter().for_each(|t| w.run(t, nt, &mut []));
+        // No per-thread buffers: split finer than the thread count so rayon can balance
+        // the load (other processes share the cores).
+        let parts = units.min(8 * nt);
+        (0..parts)
+            .into_par_iter()
+            .for_each(|t| w.run(t, parts, &mut []));
     } else {
         let w = &work;
         rest[..nt * per]
@@ -555,7 +617,7 @@ impl Work<'_> {
             if cur.0 != v {
                 cv.locate(g, v * NR, self.total);
                 if self.direct {
-                    cv.direct_masks(g);
+                    cv.direct_masks(g, self.c.isa);
                 }
                 cur = (v, usize::MAX);
             }

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::check_len;
+use super::{Isa, check_len};
 use crate::geom::{AdaptivePoolGeom, Pool2dGeom};
 
 /// Runs `f(input_plane, output_plane)` for every plane, in parallel.
@@ -40,6 +40,15 @@ fn nan_max(m: f32, v: f32) -> f32 {
 /// # Panics
 /// If a slice length does not match `g` and `batch`.
 pub fn max_pool2d(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f32]) {
+    max_pool2d_with(g, batch, input, output, Isa::detect());
+}
+
+/// [`max_pool2d`] with a forced instruction set (`isa` must be available).
+fn max_pool2d_with(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f32], isa: Isa) {
+    assert!(
+        isa.is_available(),
+        "max_pool2d: {isa:?} is not supported by this CPU"
+    );
     check_len("max_pool2d input", input.len(), batch * g.in_len());
     check_len("max_pool2d output", output.len(), batch * g.out_len());
     let (ih, iw, oh_n, ow_n) = (g.in_h, g.in_w, g.out_h, g.out_w);
@@ -51,6 +60,18 @@ pub fn max_pool2d(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f32
         && g.pad_w == 0
         && 2 * oh_n <= ih
         && 2 * ow_n <= iw;
+    #[cfg(target_arch = "x86_64")]
+    if simple_2x2 && isa == Isa::Avx512 {
+        planes(input, ih * iw, output, oh_n * ow_n, |x, y| {
+            for (oh, yrow) in y.chunks_exact_mut(ow_n).enumerate() {
+                let r0 = &x[2 * oh * iw..][..2 * ow_n];
+                let r1 = &x[(2 * oh + 1) * iw..][..2 * ow_n];
+                // SAFETY: `isa` is available (asserted above), so avx512f is.
+                unsafe { max_2x2_row_avx512(r0, r1, yrow) };
+            }
+        });
+        return;
+    }
     planes(input, ih * iw, output, oh_n * ow_n, |x, y| {
         if simple_2x2 {
             for (oh, yrow) in y.chunks_exact_mut(ow_n).enumerate() {
@@ -88,6 +109,55 @@ pub fn max_pool2d(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f32
             }
         }
     });
+}
+
+/// One output row of a 2×2, stride-2 max pool: `y[i] = max(r0[2i], r0[2i+1], r1[2i], r1[2i+1])`
+/// with NaN propagation, 16 outputs per step.
+///
+/// # Safety
+/// The CPU must support avx512f.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_2x2_row_avx512(r0: &[f32], r1: &[f32], y: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert!(r0.len() >= 2 * y.len() && r1.len() >= 2 * y.len());
+    // PyTorch's `v > m || isnan(v) ? v : m`: max_ps(v, m) is `v > m ? v : m`, then NaN
+    // lanes of `v` are copied over (NaN lanes of `m` already survive).
+    let nan_max = |m: __m512, v: __m512| {
+        let mx = _mm512_max_ps(v, m);
+        _mm512_mask_mov_ps(mx, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), v)
+    };
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let mut i = 0;
+    while i < y.len() {
+        let n = (y.len() - i).min(16);
+        let lo_n = (2 * n).min(16);
+        let hi_n = 2 * n - lo_n;
+        let lo_m = ((1u32 << lo_n) - 1) as u16;
+        let hi_m = ((1u32 << hi_n) - 1) as u16;
+        // SAFETY: the masks select elements `2i .. 2i + 2n` of `r0`/`r1`, inside the slices
+        // (asserted above); masked-off lanes are not accessed.
+        let (a0, a1, b0, b1) = unsafe {
+            let p0 = r0.as_ptr().add(2 * i);
+            let p1 = r1.as_ptr().add(2 * i);
+            (
+                _mm512_maskz_loadu_ps(lo_m, p0),
+                _mm512_maskz_loadu_ps(hi_m, p0.wrapping_add(16)),
+                _mm512_maskz_loadu_ps(lo_m, p1),
+                _mm512_maskz_loadu_ps(hi_m, p1.wrapping_add(16)),
+            )
+        };
+        // Window order as the scalar path: (r0 even, r0 odd, r1 even, r1 odd).
+        let e0 = _mm512_permutex2var_ps(a0, even, a1);
+        let o0 = _mm512_permutex2var_ps(a0, odd, a1);
+        let e1 = _mm512_permutex2var_ps(b0, even, b1);
+        let o1 = _mm512_permutex2var_ps(b0, odd, b1);
+        let m = nan_max(nan_max(nan_max(e0, o0), e1), o1);
+        // SAFETY: lanes `0..n` are outputs `i .. i + n` of `y`.
+        unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(i), ((1u32 << n) - 1) as u16, m) };
+        i += n;
+    }
 }
 
 /// `nn.AvgPool2d` forward (`dilation` must be 1). The divisor follows PyTorch: the window is
@@ -220,9 +290,11 @@ mod tests {
     fn check_max(g: &Pool2dGeom, batch: usize, x: &[f32]) {
         let mut want = vec![0.0; batch * g.out_len()];
         reference::max_pool2d(g, batch, x, &mut want);
-        let mut got = vec![0.0; batch * g.out_len()];
-        max_pool2d(g, batch, x, &mut got);
-        assert_close(&got, &want, 1, &format!("max_pool2d {g:?}"));
+        for isa in [Isa::Portable, Isa::detect()] {
+            let mut got = vec![0.0; batch * g.out_len()];
+            max_pool2d_with(g, batch, x, &mut got, isa);
+            assert_close(&got, &want, 1, &format!("max_pool2d {g:?} {isa:?}"));
+        }
     }
 
     fn check_avg(g: &Pool2dGeom, batch: usize) {
@@ -263,6 +335,16 @@ mod tests {
         assert!(!y[1].is_nan() && !y[2].is_nan());
         let g = geom(1, (4, 4), (3, 3), (1, 1), (1, 1), (1, 1), false, false);
         check_max(&g, 1, &x);
+        // Wide rows (SIMD steps of 16 outputs plus a tail), NaN in each window position.
+        let g = geom(2, (6, 42), (2, 2), (2, 2), (0, 0), (1, 1), false, false);
+        let mut x = data(2 * g.in_len(), 4);
+        for (i, at) in [0usize, 1, 42, 43, 2 * 42 + 30, 2 * 42 + 42 + 33, 252 + 41]
+            .iter()
+            .enumerate()
+        {
+            x[at + i % 2 * 252] = f32::NAN;
+        }
+        check_max(&g, 2, &x);
     }
 
     #[test]
