@@ -19,6 +19,7 @@ pub mod diag;
 pub mod dsl;
 pub mod ir;
 pub mod lower;
+pub mod plan;
 pub mod span;
 pub mod spec;
 pub mod summary;

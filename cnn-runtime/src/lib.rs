@@ -6,11 +6,12 @@
 //! the current rayon pool, so callers choose the thread count with `ThreadPool::install`.
 #![warn(missing_docs)]
 
-pub mod geom;
-pub mod kernels;
-pub mod grad;
-pub mod optim;
 pub mod data;
-pub mod weights;
-pub mod io;
+pub mod geom;
+pub mod grad;
 pub mod init;
+pub mod exec;
+pub mod io;
+pub mod kernels;
+pub mod optim;
+pub mod weights;

@@ -1,0 +1,503 @@
+//! The plan interpreter: runs any checked model (sizes known at run time) on the CPU kernels,
+//! following the two-buffer plan from `cnn_dsl::plan`. After the first call at a given batch
+//! size it does no heap allocation.
+
+use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
+use crate::init::{Rng, default_weights};
+use crate::kernels::{self, Activation as KAct, BatchNormParams, PackedConv};
+use crate::weights::{ParamKind, ParamSpec, Weights};
+use cnn_dsl::check::{Activation, Op, TensorRole};
+use cnn_dsl::ir::PoolKind;
+use cnn_dsl::plan::{Loc, Plan, Step};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+
+/// Errors from building or running an executor.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The input slice does not hold `batch` images of the model's input shape.
+    #[error("input has {found} values, but {batch} image(s) of shape {shape:?} need {expected}")]
+    InputLength {
+        /// Values given.
+        found: usize,
+        /// Values needed.
+        expected: usize,
+        /// Batch size asked for.
+        batch: usize,
+        /// Per-image input shape.
+        shape: Vec<usize>,
+    },
+    /// An ndarray input whose trailing dimensions differ from the model's input shape.
+    #[error("input has shape {found:?}, but the model takes [N, {}]", fmt_shape(.expected))]
+    InputShape {
+        /// Shape given.
+        found: Vec<usize>,
+        /// Per-image input shape.
+        expected: Vec<usize>,
+    },
+    /// The weights do not contain a tensor the plan needs, or it has the wrong length.
+    #[error("weights do not fit the model: tensor `{name}` {problem}")]
+    Weights {
+        /// Tensor name.
+        name: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// Initialisation failed.
+    #[error(transparent)]
+    Init(#[from] crate::init::InitError),
+    /// The thread pool could not be built.
+    #[error("cannot start {threads} worker threads: {message}")]
+    Threads {
+        /// Requested threads.
+        threads: usize,
+        /// The OS's reason.
+        message: String,
+    },
+}
+
+fn fmt_shape(s: &[usize]) -> String {
+    s.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The `state_dict` entries a plan needs, for [`crate::weights::load`].
+pub fn param_specs(plan: &Plan) -> Vec<ParamSpec> {
+    plan.tensors
+        .iter()
+        .map(|t| {
+            let kind = match t.role {
+                TensorRole::Weight => ParamKind::Weight,
+                TensorRole::Bias => ParamKind::Bias,
+                TensorRole::RunningMean => ParamKind::RunningMean,
+                TensorRole::RunningVar => ParamKind::RunningVar,
+                TensorRole::NumBatchesTracked => ParamKind::NumBatchesTracked,
+            };
+            ParamSpec::new(t.name.clone(), t.shape.clone(), kind)
+        })
+        .collect()
+}
+
+/// PyTorch's default initialisation of every tensor of the plan, from `seed`.
+pub fn init_weights(plan: &Plan, seed: u64) -> Result<Weights, ExecError> {
+    let mut rng = Rng::seed_from_u64(seed);
+    Ok(default_weights(&param_specs(plan), &mut rng)?.with_metadata("model", plan.name.clone()))
+}
+
+/// Geometry of a conv2d step.
+pub fn conv_geom(op: &Op) -> Option<Conv2dGeom> {
+    match *op {
+        Op::Conv2d {
+            in_channels,
+            in_h,
+            in_w,
+            out_channels,
+            out_h,
+            out_w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            groups,
+            ..
+        } => Some(Conv2dGeom {
+            in_channels,
+            in_h,
+            in_w,
+            out_channels,
+            out_h,
+            out_w,
+            kernel_h: kernel[0],
+            kernel_w: kernel[1],
+            stride_h: stride[0],
+            stride_w: stride[1],
+            pad_top: padding[0],
+            pad_left: padding[1],
+            dilation_h: dilation[0],
+            dilation_w: dilation[1],
+            groups,
+        }),
+        _ => None,
+    }
+}
+
+/// Geometry of a pooling step.
+pub fn pool_geom(op: &Op) -> Option<Pool2dGeom> {
+    match *op {
+        Op::Pool2d {
+            channels,
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            count_include_pad,
+            ..
+        } => Some(Pool2dGeom {
+            channels,
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+            kernel_h: kernel[0],
+            kernel_w: kernel[1],
+            stride_h: stride[0],
+            stride_w: stride[1],
+            pad_h: padding[0],
+            pad_w: padding[1],
+            dilation_h: dilation[0],
+            dilation_w: dilation[1],
+            count_include_pad,
+        }),
+        _ => None,
+    }
+}
+
+fn kact(a: Option<Activation>) -> KAct {
+    match a {
+        Some(Activation::Relu) => KAct::Relu,
+        Some(Activation::LeakyRelu(s)) => KAct::LeakyRelu(s),
+        _ => KAct::Identity,
+    }
+}
+
+enum Kernel {
+    Conv(Box<PackedConv>),
+    Plain,
+}
+
+/// Runs a [`Plan`] with its weights. Build once, call [`Executor::forward`] many times.
+pub struct Executor {
+    plan: Plan,
+    weights: Weights,
+    kernels: Vec<Kernel>,
+    bufs: [Vec<f32>; 2],
+    scratch: Vec<f32>,
+    capacity: usize,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("model", &self.plan.name)
+            .field("capacity", &self.capacity)
+            .field("threads", &self.threads())
+            .finish()
+    }
+}
+
+impl Executor {
+    /// Prepares the kernels (packs convolution weights) and a pool of `threads` workers
+    /// (0 = one per core).
+    pub fn new(plan: Plan, weights: Weights, threads: usize) -> Result<Self, ExecError> {
+        for t in &plan.tensors {
+            match weights.get(&t.name) {
+                None => {
+                    return Err(ExecError::Weights {
+                        name: t.name.clone(),
+                        problem: "is missing".into(),
+                    });
+                }
+                Some(v) if v.len() != t.numel() => {
+                    return Err(ExecError::Weights {
+                        name: t.name.clone(),
+                        problem: format!(
+                            "has {} values, expected {} ({:?})",
+                            v.len(),
+                            t.numel(),
+                            t.shape
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| ExecError::Threads {
+                threads,
+                message: e.to_string(),
+            })?;
+        let kernels = plan
+            .steps
+            .iter()
+            .map(|s| match conv_geom(&s.op) {
+                Some(g) => {
+                    let w = tensor(&weights, &plan, s, 0);
+                    let b = s.params.get(1).map(|_| tensor(&weights, &plan, s, 1));
+                    Kernel::Conv(Box::new(PackedConv::new(&g, w, b, kact(s.fused))))
+                }
+                None => Kernel::Plain,
+            })
+            .collect();
+        Ok(Executor {
+            plan,
+            weights,
+            kernels,
+            bufs: [Vec::new(), Vec::new()],
+            scratch: Vec::new(),
+            capacity: 0,
+            pool,
+        })
+    }
+
+    /// A model with PyTorch's default initialisation from `seed`.
+    pub fn with_init(plan: Plan, seed: u64, threads: usize) -> Result<Self, ExecError> {
+        let w = init_weights(&plan, seed)?;
+        Self::new(plan, w, threads)
+    }
+
+    /// The plan.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// The weights.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Sizes buffers for `batch` images (done automatically by `forward`; call it up front to
+    /// keep the first `forward` free of allocation too).
+    pub fn reserve(&mut self, batch: usize) {
+        if batch <= self.capacity {
+            return;
+        }
+        let n = self.plan.buffer_len.max(self.plan.output_len()) * batch;
+        self.bufs[0].resize(n, 0.0);
+        self.bufs[1].resize(n, 0.0);
+        let threads = self.threads();
+        let scratch = self.kernels.iter().map(|k| match k {
+            Kernel::Conv(c) => c.scratch_len(batch, threads),
+            Kernel::Plain => 0,
+        });
+        let need = scratch.max().unwrap_or(0);
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0.0);
+        }
+        self.capacity = batch;
+    }
+
+    /// Runs `batch` images (`input` is `[batch, …input_shape]`, flat) and returns the outputs,
+    /// `[batch, …output_shape]`, flat. Only the input length is checked.
+    pub fn forward(&mut self, input: &[f32], batch: usize) -> Result<&[f32], ExecError> {
+        let expected = self.plan.input_len() * batch;
+        if input.len() != expected {
+            return Err(ExecError::InputLength {
+                found: input.len(),
+                expected,
+                batch,
+                shape: self.plan.input_shape.clone(),
+            });
+        }
+        self.reserve(batch);
+        let Executor {
+            plan,
+            weights,
+            kernels,
+            bufs,
+            scratch,
+            pool,
+            ..
+        } = self;
+        pool.install(|| {
+            for (step, kernel) in plan.steps.iter().zip(kernels.iter()) {
+                run_step(plan, weights, step, kernel, batch, input, bufs, scratch);
+            }
+        });
+        let n = plan.output_len() * batch;
+        Ok(match plan.output {
+            // A model with no kernel calls (only flatten/dropout): the output is the input.
+            Loc::Input => {
+                self.bufs[0][..n].copy_from_slice(&input[..n]);
+                &self.bufs[0][..n]
+            }
+            Loc::Buf(i) => &self.bufs[i as usize][..n],
+        })
+    }
+
+    /// Runs an ndarray batch `[N, …input_shape]`, checking its trailing dimensions once.
+    pub fn forward_array(&mut self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>, ExecError> {
+        let shape = input.shape().to_vec();
+        if shape.len() != self.plan.input_shape.len() + 1 || shape[1..] != self.plan.input_shape[..]
+        {
+            return Err(ExecError::InputShape {
+                found: shape,
+                expected: self.plan.input_shape.clone(),
+            });
+        }
+        let batch = shape[0];
+        let data: std::borrow::Cow<'_, [f32]> = match input.as_slice() {
+            Some(s) => s.into(),
+            None => input.iter().copied().collect::<Vec<_>>().into(),
+        };
+        let mut out_shape = vec![batch];
+        out_shape.extend(&self.plan.output_shape);
+        let out = self.forward(&data, batch)?.to_vec();
+        ArrayD::from_shape_vec(IxDyn(&out_shape), out).map_err(|e| ExecError::InputShape {
+            found: vec![e.to_string().len()],
+            expected: vec![],
+        })
+    }
+}
+
+fn tensor<'w>(weights: &'w Weights, plan: &Plan, step: &Step, i: usize) -> &'w [f32] {
+    // Presence and lengths were checked in Executor::new.
+    weights
+        .get(&plan.tensors[step.params[i]].name)
+        .unwrap_or(&[])
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the executor's parts, split for the borrow checker"
+)]
+fn run_step(
+    plan: &Plan,
+    weights: &Weights,
+    step: &Step,
+    kernel: &Kernel,
+    batch: usize,
+    input: &[f32],
+    bufs: &mut [Vec<f32>; 2],
+    scratch: &mut [f32],
+) {
+    let out_n = step.out_len * batch;
+    let [b0, b1] = bufs;
+    // (source, destination) slices; in-place steps get the destination only.
+    let (src, dst): (Option<&[f32]>, &mut [f32]) = match (step.src, step.dst) {
+        (Loc::Input, Loc::Buf(0)) => (Some(input), &mut b0[..out_n]),
+        (Loc::Input, _) => (Some(input), &mut b1[..out_n]),
+        (Loc::Buf(0), Loc::Buf(1)) => (Some(&b0[..]), &mut b1[..out_n]),
+        (Loc::Buf(1), Loc::Buf(0)) => (Some(&b1[..]), &mut b0[..out_n]),
+        (Loc::Buf(0), _) => (None, &mut b0[..out_n]),
+        (_, _) => (None, &mut b1[..out_n]),
+    };
+    let p = |i: usize| tensor(weights, plan, step, i);
+    match &step.op {
+        Op::Conv2d { .. } => {
+            let Kernel::Conv(c) = kernel else { return };
+            let g = c.geom();
+            let src = src.map(|s| &s[..g.in_len() * batch]);
+            if let Some(s) = src {
+                c.run(batch, s, dst, scratch);
+            }
+        }
+        Op::Pool2d { kind, .. } => {
+            let (Some(g), Some(s)) = (pool_geom(&step.op), src) else {
+                return;
+            };
+            let s = &s[..g.in_len() * batch];
+            match kind {
+                PoolKind::Max => kernels::max_pool2d(&g, batch, s, dst),
+                PoolKind::Avg => kernels::avg_pool2d(&g, batch, s, dst),
+            }
+        }
+        &Op::AdaptiveAvgPool2d {
+            channels,
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+        } => {
+            let g = AdaptivePoolGeom {
+                channels,
+                in_h,
+                in_w,
+                out_h,
+                out_w,
+            };
+            if let Some(s) = src {
+                kernels::adaptive_avg_pool2d(&g, batch, &s[..channels * in_h * in_w * batch], dst);
+            }
+        }
+        &Op::BatchNorm2d {
+            channels,
+            spatial,
+            eps,
+            ..
+        } => {
+            let g = BatchNormGeom { channels, spatial };
+            let params = BatchNormParams {
+                gamma: Some(p(0)),
+                beta: Some(p(1)),
+                mean: p(2),
+                var: p(3),
+                eps,
+            };
+            if let Some(s) = src {
+                dst.copy_from_slice(&s[..out_n]);
+            }
+            kernels::batch_norm2d_inplace(&g, batch, dst, &params);
+        }
+        Op::Activation { act, .. } => {
+            if let Some(s) = src {
+                dst.copy_from_slice(&s[..out_n]);
+            }
+            match *act {
+                Activation::Relu => kernels::relu_inplace(dst),
+                Activation::LeakyRelu(a) => kernels::leaky_relu_inplace(a, dst),
+                Activation::Sigmoid => kernels::sigmoid_inplace(dst),
+                Activation::Tanh => kernels::tanh_inplace(dst),
+                Activation::Gelu => kernels::gelu_inplace(dst),
+            }
+        }
+        &Op::Linear {
+            in_features,
+            out_features,
+            bias,
+        } => {
+            let g = LinearGeom {
+                in_features,
+                out_features,
+            };
+            if let Some(s) = src {
+                kernels::linear(
+                    &g,
+                    batch,
+                    &s[..in_features * batch],
+                    p(0),
+                    bias.then(|| p(1)),
+                    dst,
+                );
+            }
+        }
+        &Op::Softmax {
+            log,
+            outer,
+            axis,
+            inner,
+        } => {
+            let Some(s) = src else { return };
+            let s = &s[..out_n];
+            if inner == 1 {
+                if log {
+                    kernels::log_softmax(batch * outer, axis, s, dst);
+                } else {
+                    kernels::softmax(batch * outer, axis, s, dst);
+                }
+            } else {
+                kernels::softmax_channels(batch * outer, axis, inner, s, dst);
+                if log {
+                    dst.iter_mut().for_each(|v| *v = v.ln());
+                }
+            }
+        }
+        Op::Dropout { .. } | Op::Flatten { .. } => {
+            if let Some(s) = src {
+                dst.copy_from_slice(&s[..out_n]);
+            }
+        }
+    }
+}
