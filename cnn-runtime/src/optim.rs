@@ -330,7 +330,7 @@ pub struct Adam {
 
 impl Adam {
     /// `torch.optim.Adam` defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.
-    pub const fn adam() -> Self {
+    pub const fn new() -> Self {
         Self {
             lr: 1e-3,
             betas: (0.9, 0.999),
@@ -342,9 +342,9 @@ impl Adam {
             state: Vec::new(),
         }
     }
-    /// `torch.optim.AdamW` defaults: as [`Adam::adam`] with decoupled weight decay 1e-2.
+    /// `torch.optim.AdamW` defaults: as [`Adam::new`] with decoupled weight decay 1e-2.
     pub const fn adamw() -> Self {
-        let mut a = Self::adam();
+        let mut a = Self::new();
         a.decoupled = true;
         a.weight_decay = 1e-2;
         a
@@ -385,6 +385,13 @@ impl Adam {
         } else {
             &["exp_avg", "exp_avg_sq"]
         }
+    }
+}
+
+impl Default for Adam {
+    /// [`Adam::new`]: PyTorch's `Adam` defaults.
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -597,7 +604,7 @@ mod tests {
         let (m2, v2) = (0.02f64, 0.000_312_25f64);
         let t2 = t1 - (0.1 / (1.0 - 0.81)) * m2 / (v2.sqrt() / (1.0 - 0.998_001f64).sqrt() + 1e-8);
         close(
-            &run(&mut Adam::adam().with_lr(0.1), &mut [1.0], &[0.5, -0.25]),
+            &run(&mut Adam::new().with_lr(0.1), &mut [1.0], &[0.5, -0.25]),
             &[t1, t2],
         );
     }
@@ -606,7 +613,7 @@ mod tests {
     fn adam_l2_versus_adamw_decoupled() {
         // Adam, wd 0.5: g = 0.5 + 0.5·1 = 1.0; first step moves θ by lr·sign = 0.1 → 0.9.
         let got = run(
-            &mut Adam::adam().with_lr(0.1).weight_decay(0.5),
+            &mut Adam::new().with_lr(0.1).weight_decay(0.5),
             &mut [1.0],
             &[0.5],
         );
@@ -627,7 +634,7 @@ mod tests {
         // t=1: m = 1, v = 2, vmax = 2; θ = 1 − (1/0.5)·1/(√2/√0.5) = 1 − 2/2 = 0
         // t=2: m = 0.5, v = 1, vmax = 2; θ = 0 − (1/0.75)·0.5/(√2/√0.75)
         let t2 = -(1.0 / 0.75) * 0.5 / (2f64.sqrt() / 0.75f64.sqrt());
-        let mut o = Adam::adam()
+        let mut o = Adam::new()
             .with_lr(1.0)
             .betas(0.5, 0.5)
             .eps(0.0)
@@ -636,7 +643,7 @@ mod tests {
         let names: Vec<_> = o.state_tensors().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["0.exp_avg", "0.exp_avg_sq", "0.max_exp_avg_sq"]);
         // Without amsgrad, v = 1 at t=2: θ = 0 − (1/0.75)·0.5/(1/√0.75).
-        let mut o = Adam::adam().with_lr(1.0).betas(0.5, 0.5).eps(0.0);
+        let mut o = Adam::new().with_lr(1.0).betas(0.5, 0.5).eps(0.0);
         let t2 = -(1.0 / 0.75) * 0.5 / (1.0 / 0.75f64.sqrt());
         close(&run(&mut o, &mut [1.0], &[2.0, 0.0]), &[0.0, t2]);
     }
@@ -648,7 +655,7 @@ mod tests {
             .collect();
         let make: [fn() -> Box<dyn Optimizer>; 3] = [
             || Box::new(Sgd::new(0.05).momentum(0.9).weight_decay(1e-3)),
-            || Box::new(Adam::adam().with_lr(0.01).amsgrad(true)),
+            || Box::new(Adam::new().with_lr(0.01).amsgrad(true)),
             || Box::new(Adam::adamw()),
         ];
         for make in make {
@@ -681,7 +688,7 @@ mod tests {
 
     #[test]
     fn load_state_rejects_bad_input() {
-        let mut o = Adam::adam();
+        let mut o = Adam::new();
         let e = o.load_state(1, &[("0.exp_avg", &[1.0])]).unwrap_err();
         assert_eq!(
             e,

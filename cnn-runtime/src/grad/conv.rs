@@ -2,9 +2,9 @@
 //!
 //! Per group and per chunk of images:
 //! - `d_weight += d_out · im2col(x)ᵀ` (one GEMM, `C_out/g × cols · cols × C_in/g·kH·kW`);
-//! - stride 1: `d_input = Wᵀ_flipped · im2col(d_out)` — the transposed convolution as a
-//!   forward one, written straight into `d_input` with no scatter;
-//! - other strides: `d_col = Wᵀ · d_out`, then col2im adds the columns back into `d_input`.
+//! - usually `d_col = Wᵀ · d_out`, then col2im adds the columns back into `d_input`;
+//! - stride 1 with fewer output than input channels: `d_input = Wᵀ_flipped · im2col(d_out)` —
+//!   the transposed convolution as a forward one, written straight into `d_input`.
 
 use rayon::prelude::*;
 
@@ -49,7 +49,9 @@ struct Plan {
 
 fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
     assert!(
-        g.groups > 0 && g.in_channels % g.groups == 0 && g.out_channels % g.groups == 0,
+        g.groups > 0
+            && g.in_channels.is_multiple_of(g.groups)
+            && g.out_channels.is_multiple_of(g.groups),
         "conv2d_backward: channels {}->{} are not multiples of groups {}",
         g.in_channels,
         g.out_channels,
@@ -68,7 +70,10 @@ fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
     let cin_g = g.in_channels / g.groups;
     let cout_g = g.out_channels / g.groups;
     let kk = g.kernel_h * g.kernel_w;
-    let transposed = g.stride_h == 1 && g.stride_w == 1;
+    // The transposed convolution unfolds `d_out` (C_out/g·kk rows) instead of scattering a
+    // C_in/g·kk-row d_col back; it wins only when it has fewer rows (measured on the seed layers:
+    // equal channel counts favour col2im slightly).
+    let transposed = g.stride_h == 1 && g.stride_w == 1 && cout_g < cin_g;
     let fwd_col = cin_g * kk * chunk * p_out;
     let col_len = if transposed {
         fwd_col.max(cout_g * kk * chunk * p_in)
@@ -837,6 +842,24 @@ mod tests {
         g.out_h = 6;
         g.out_w = 5;
         check_fd(&g, 2, 7);
+    }
+
+    #[test]
+    fn transposed_path_fewer_outputs_than_inputs() {
+        let g = geom(5, 2, 1, (7, 6), (5, 3), (1, 1), (2, 1), (1, 1));
+        assert!(plan(&g, 3).transposed);
+        check_fd(&g, 3, 11);
+        // Dilated, grouped, asymmetric "same" padding and padding wider than the kernel.
+        let g = geom(6, 4, 2, (6, 7), (3, 2), (1, 1), (2, 1), (2, 3));
+        assert!(plan(&g, 2).transposed);
+        check_fd(&g, 2, 12);
+        let mut g = geom(4, 2, 1, (6, 5), (4, 4), (1, 1), (1, 1), (1, 1));
+        (g.out_h, g.out_w) = (6, 5);
+        assert!(plan(&g, 2).transposed);
+        check_fd(&g, 2, 13);
+        let g = geom(3, 1, 1, (3, 2), (2, 2), (1, 1), (3, 3), (1, 1));
+        assert!(plan(&g, 2).transposed);
+        check_fd(&g, 2, 14);
     }
 
     #[test]

@@ -132,7 +132,7 @@ pub fn softmax_backward(output: &[f32], d_out: &[f32], classes: usize, d_input: 
 
 fn rows_check(name: &str, y: &[f32], dy: &[f32], classes: usize, dx: &[f32]) {
     assert!(
-        classes > 0 && y.len() % classes == 0,
+        classes > 0 && y.len().is_multiple_of(classes),
         "{name}: output has {} elements, not a multiple of {classes} classes",
         y.len()
     );
