@@ -58,6 +58,8 @@ fn max_pool2d_with(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f3
         && g.stride_w == 2
         && g.pad_h == 0
         && g.pad_w == 0
+        && g.dilation_h == 1
+        && g.dilation_w == 1
         && 2 * oh_n <= ih
         && 2 * ow_n <= iw;
     #[cfg(target_arch = "x86_64")]
@@ -321,6 +323,13 @@ mod tests {
         check_max(&g, 2, &data(2 * g.in_len(), 1));
         let g = geom(3, (9, 8), (3, 3), (2, 1), (1, 1), (2, 1), true, false);
         check_max(&g, 2, &data(2 * g.in_len(), 2));
+    }
+
+    #[test]
+    fn max_pool_dilated_2x2_is_not_the_plain_2x2() {
+        // Found by proptest: the 2×2/stride-2 fast path must not take dilated windows.
+        let g = geom(1, (3, 2), (2, 2), (2, 2), (0, 0), (2, 1), false, false);
+        check_max(&g, 1, &data(g.in_len(), 5));
     }
 
     #[test]
