@@ -14,7 +14,9 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod build;
 pub mod check;
+pub mod codegen;
 pub mod diag;
 pub mod dsl;
 pub mod ir;

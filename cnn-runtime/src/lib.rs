@@ -11,6 +11,10 @@ pub mod geom;
 pub mod grad;
 pub mod init;
 pub mod exec;
+pub mod error;
+pub mod support;
+
+pub use error::Error;
 pub mod io;
 pub mod kernels;
 pub mod optim;

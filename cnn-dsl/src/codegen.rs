@@ -1,0 +1,570 @@
+//! Code generation: a checked model's [`Plan`] as specialised Rust.
+//!
+//! The generated struct has its sizes as constants (`INPUT_SHAPE`, one `const` geometry per
+//! kernel call), its parameters as fields, and a straight-line `forward` that calls the runtime's
+//! kernels through `::cnn::__private` on two preallocated ping-pong buffers. The input and
+//! output types carry the sizes (`&[[f32; 784]]` → `&[[f32; 10]]`), so `forward` needs no shape
+//! checks at run time; `forward_array` checks an ndarray's trailing dimensions once.
+//! The same emitter serves `cnnc gen`, the `cnn!` macro and the build.rs [`crate::build`] API.
+
+use crate::check::{Activation, CheckedModel, Op};
+use crate::ir::PoolKind;
+use crate::plan::{Loc, Plan, plan};
+use proc_macro2::{Ident, Literal, Span, TokenStream};
+use quote::{format_ident, quote};
+
+/// Options for the emitted code.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Path of the runtime support module (`::cnn::__private`).
+    pub runtime: TokenStream,
+    /// Where the spec came from, for the header comment.
+    pub source_name: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            runtime: quote!(::cnn::__private),
+            source_name: String::from("<inline>"),
+        }
+    }
+}
+
+fn lit(n: usize) -> Literal {
+    Literal::usize_unsuffixed(n)
+}
+
+fn act_tokens(rt: &TokenStream, a: Option<Activation>) -> TokenStream {
+    match a {
+        Some(Activation::Relu) => quote!(#rt::KernelActivation::Relu),
+        Some(Activation::LeakyRelu(s)) => {
+            let s = Literal::f32_suffixed(s);
+            quote!(#rt::KernelActivation::LeakyRelu(#s))
+        }
+        _ => quote!(#rt::KernelActivation::Identity),
+    }
+}
+
+/// Emits the model as tokens (not formatted).
+pub fn tokens(model: &CheckedModel, opts: &Options) -> TokenStream {
+    let p = plan(model);
+    tokens_for_plan(&p, &crate::summary::summary(model, false), opts)
+}
+
+/// Emits a plan as tokens; `summary` becomes `SUMMARY`.
+pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
+    let rt = &opts.runtime;
+    let name = Ident::new(&p.name, Span::call_site());
+    let input_len = lit(p.input_len());
+    let output_len = lit(p.output_len());
+    let in_shape: Vec<Literal> = p.input_shape.iter().map(|d| lit(*d)).collect();
+    let out_shape: Vec<Literal> = p.output_shape.iter().map(|d| lit(*d)).collect();
+    let in_rank = lit(p.input_shape.len());
+    let out_rank = lit(p.output_shape.len());
+    let buf_len = lit(p.buffer_len.max(p.output_len()));
+    let param_count: usize = p
+        .tensors
+        .iter()
+        .filter(|t| t.role.trainable())
+        .map(|t| t.numel())
+        .sum();
+    let param_count = lit(param_count);
+
+    // Parameter tensors: one field each, named after the state_dict key.
+    let tfield = |i: usize| format_ident!("t{}", i);
+    let tensor_names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
+    let tensor_shapes: Vec<TokenStream> = p
+        .tensors
+        .iter()
+        .map(|t| {
+            let dims = t.shape.iter().map(|d| lit(*d));
+            quote!(&[#(#dims),*])
+        })
+        .collect();
+    let tensor_kinds: Vec<TokenStream> = p
+        .tensors
+        .iter()
+        .map(|t| {
+            use crate::check::TensorRole::*;
+            match t.role {
+                Weight => quote!(#rt::ParamKind::Weight),
+                Bias => quote!(#rt::ParamKind::Bias),
+                RunningMean => quote!(#rt::ParamKind::RunningMean),
+                RunningVar => quote!(#rt::ParamKind::RunningVar),
+                NumBatchesTracked => quote!(#rt::ParamKind::NumBatchesTracked),
+            }
+        })
+        .collect();
+    let n_tensors = lit(p.tensors.len());
+
+    let mut consts = Vec::new();
+    let mut conv_fields = Vec::new();
+    let mut conv_inits = Vec::new();
+    let mut conv_scratch = Vec::new();
+    let mut body = Vec::new();
+    for (i, s) in p.steps.iter().enumerate() {
+        let g = format_ident!("G{}", i);
+        let n_out = lit(s.out_len);
+        let path_doc = format!("step {i}: {}", s.path);
+        // Source and destination slices.
+        let (src, dst, in_place) = match (s.src, s.dst) {
+            (Loc::Input, Loc::Buf(0)) => (quote!(x), quote!(b0), false),
+            (Loc::Input, _) => (quote!(x), quote!(b1), false),
+            (Loc::Buf(0), Loc::Buf(1)) => (quote!(b0), quote!(b1), false),
+            (Loc::Buf(1), Loc::Buf(0)) => (quote!(b1), quote!(b0), false),
+            (Loc::Buf(0), _) => (quote!(b0), quote!(b0), true),
+            (_, _) => (quote!(b1), quote!(b1), true),
+        };
+        let copy_in = |src: &TokenStream, dst: &TokenStream| {
+            if in_place {
+                quote!()
+            } else {
+                quote!(#dst[..#n_out * batch].copy_from_slice(&#src[..#n_out * batch]);)
+            }
+        };
+        let t = |j: usize| tfield(s.params[j]);
+        match &s.op {
+            Op::Conv2d {
+                in_channels,
+                in_h,
+                in_w,
+                out_channels,
+                out_h,
+                out_w,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                groups,
+                bias,
+            } => {
+                let f = format_ident!("conv{}", i);
+                let vals = [
+                    *in_channels,
+                    *in_h,
+                    *in_w,
+                    *out_channels,
+                    *out_h,
+                    *out_w,
+                    kernel[0],
+                    kernel[1],
+                    stride[0],
+                    stride[1],
+                    padding[0],
+                    padding[1],
+                    dilation[0],
+                    dilation[1],
+                    *groups,
+                ]
+                .map(lit);
+                let [a, b, c, d, e, ff, kh, kw, sh, sw, pt, pl, dh, dw, gr] = vals;
+                consts.push(quote! {
+                    #[doc = #path_doc]
+                    const #g: #rt::Conv2dGeom = #rt::Conv2dGeom {
+                        in_channels: #a, in_h: #b, in_w: #c, out_channels: #d, out_h: #e, out_w: #ff,
+                        kernel_h: #kh, kernel_w: #kw, stride_h: #sh, stride_w: #sw, pad_top: #pt, pad_left: #pl,
+                        dilation_h: #dh, dilation_w: #dw, groups: #gr,
+                    };
+                });
+                let act = act_tokens(rt, s.fused);
+                let w = t(0);
+                let b = if *bias {
+                    let bf = t(1);
+                    quote!(Some(&tensors.#bf[..]))
+                } else {
+                    quote!(None)
+                };
+                conv_fields.push(quote!(#f: #rt::PackedConv));
+                conv_inits.push(quote!(#f: #rt::PackedConv::new(&Self::#g, &tensors.#w, #b, #act)));
+                conv_scratch.push(quote!(self.convs.#f.scratch_len(batch, threads)));
+                let n_in = lit(in_channels * in_h * in_w);
+                body.push(quote! {
+                    convs.#f.run(batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch], scratch);
+                });
+            }
+            Op::Pool2d {
+                kind,
+                channels,
+                in_h,
+                in_w,
+                out_h,
+                out_w,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                count_include_pad,
+            } => {
+                let vals = [
+                    *channels,
+                    *in_h,
+                    *in_w,
+                    *out_h,
+                    *out_w,
+                    kernel[0],
+                    kernel[1],
+                    stride[0],
+                    stride[1],
+                    padding[0],
+                    padding[1],
+                    dilation[0],
+                    dilation[1],
+                ]
+                .map(lit);
+                let [c, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw] = vals;
+                consts.push(quote! {
+                    #[doc = #path_doc]
+                    const #g: #rt::Pool2dGeom = #rt::Pool2dGeom {
+                        channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow, kernel_h: #kh, kernel_w: #kw,
+                        stride_h: #sh, stride_w: #sw, pad_h: #ph, pad_w: #pw, dilation_h: #dh, dilation_w: #dw,
+                        count_include_pad: #count_include_pad,
+                    };
+                });
+                let f = if *kind == PoolKind::Max {
+                    quote!(max_pool2d)
+                } else {
+                    quote!(avg_pool2d)
+                };
+                let n_in = lit(channels * in_h * in_w);
+                body.push(quote! {
+                    #rt::kernels::#f(&Self::#g, batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch]);
+                });
+            }
+            Op::AdaptiveAvgPool2d {
+                channels,
+                in_h,
+                in_w,
+                out_h,
+                out_w,
+            } => {
+                let [c, ih, iw, oh, ow] = [*channels, *in_h, *in_w, *out_h, *out_w].map(lit);
+                consts.push(quote! {
+                    #[doc = #path_doc]
+                    const #g: #rt::AdaptivePoolGeom = #rt::AdaptivePoolGeom { channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow };
+                });
+                let n_in = lit(channels * in_h * in_w);
+                body.push(quote! {
+                    #rt::kernels::adaptive_avg_pool2d(&Self::#g, batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch]);
+                });
+            }
+            Op::BatchNorm2d {
+                channels,
+                spatial,
+                eps,
+                ..
+            } => {
+                let [c, sp] = [*channels, *spatial].map(lit);
+                let eps = Literal::f32_suffixed(*eps);
+                consts.push(quote! {
+                    #[doc = #path_doc]
+                    const #g: #rt::BatchNormGeom = #rt::BatchNormGeom { channels: #c, spatial: #sp };
+                });
+                let (w, b, m, v) = (t(0), t(1), t(2), t(3));
+                let copy = copy_in(&src, &dst);
+                body.push(quote! {
+                    #copy
+                    #rt::kernels::batch_norm2d_inplace(&Self::#g, batch, &mut #dst[..#n_out * batch], &#rt::kernels::BatchNormParams {
+                        mean: &tensors.#m, var: &tensors.#v, gamma: Some(&tensors.#w), beta: Some(&tensors.#b), eps: #eps,
+                    });
+                });
+            }
+            Op::Activation { act, .. } => {
+                let copy = copy_in(&src, &dst);
+                let call = match act {
+                    Activation::Relu => {
+                        quote!(#rt::kernels::relu_inplace(&mut #dst[..#n_out * batch]))
+                    }
+                    Activation::LeakyRelu(a) => {
+                        let a = Literal::f32_suffixed(*a);
+                        quote!(#rt::kernels::leaky_relu_inplace(#a, &mut #dst[..#n_out * batch]))
+                    }
+                    Activation::Sigmoid => {
+                        quote!(#rt::kernels::sigmoid_inplace(&mut #dst[..#n_out * batch]))
+                    }
+                    Activation::Tanh => {
+                        quote!(#rt::kernels::tanh_inplace(&mut #dst[..#n_out * batch]))
+                    }
+                    Activation::Gelu => {
+                        quote!(#rt::kernels::gelu_inplace(&mut #dst[..#n_out * batch]))
+                    }
+                };
+                body.push(quote! {
+                    #copy
+                    #call;
+                });
+            }
+            Op::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => {
+                let [fi, fo] = [*in_features, *out_features].map(lit);
+                consts.push(quote! {
+                    #[doc = #path_doc]
+                    const #g: #rt::LinearGeom = #rt::LinearGeom { in_features: #fi, out_features: #fo };
+                });
+                let w = t(0);
+                let b = if *bias {
+                    let bf = t(1);
+                    quote!(Some(&tensors.#bf[..]))
+                } else {
+                    quote!(None)
+                };
+                body.push(quote! {
+                    #rt::kernels::linear(&Self::#g, batch, &#src[..#fi * batch], &tensors.#w, #b, &mut #dst[..#n_out * batch]);
+                });
+            }
+            Op::Softmax {
+                log,
+                outer,
+                axis,
+                inner,
+            } => {
+                let [o, a, inn] = [*outer, *axis, *inner].map(lit);
+                let call = if *inner == 1 {
+                    if *log {
+                        quote!(#rt::kernels::log_softmax(batch * #o, #a, &#src[..#n_out * batch], &mut #dst[..#n_out * batch]))
+                    } else {
+                        quote!(#rt::kernels::softmax(batch * #o, #a, &#src[..#n_out * batch], &mut #dst[..#n_out * batch]))
+                    }
+                } else {
+                    let ln = if *log {
+                        quote!(#dst[..#n_out * batch].iter_mut().for_each(|v| *v = v.ln());)
+                    } else {
+                        quote!()
+                    };
+                    quote!({ #rt::kernels::softmax_channels(batch * #o, #a, #inn, &#src[..#n_out * batch], &mut #dst[..#n_out * batch]); #ln })
+                };
+                body.push(quote! {
+                    #call;
+                });
+            }
+            Op::Dropout { .. } | Op::Flatten { .. } => {}
+        }
+    }
+    let out_buf = match p.output {
+        Loc::Buf(1) => quote!(b1),
+        _ => quote!(b0),
+    };
+    let copy_input_if_no_steps = if p.output == Loc::Input {
+        quote!(b0[..#output_len * batch].copy_from_slice(&x[..#output_len * batch]);)
+    } else {
+        quote!()
+    };
+    let tensor_fields: Vec<Ident> = (0..p.tensors.len()).map(tfield).collect();
+    let tensor_idx: Vec<Literal> = (0..p.tensors.len()).map(lit).collect();
+    let tensors_struct = format_ident!("{}Tensors", p.name);
+    let convs_struct = format_ident!("{}Convs", p.name);
+    let doc = format!(
+        "The `{}` model, generated by cnn from `{}`.\n\n```text\n{}```",
+        p.name, opts.source_name, summary
+    );
+    let tensors_doc = format!(
+        "Parameters of [`{}`], one field per `state_dict` entry, in order.",
+        p.name
+    );
+    let convs_doc = format!("Packed convolution kernels of [`{}`].", p.name);
+    let field_docs: Vec<String> = p
+        .tensors
+        .iter()
+        .map(|t| format!("`{}` {:?}", t.name, t.shape))
+        .collect();
+    let unused_scratch = if conv_scratch.is_empty() {
+        quote!(let _ = threads;)
+    } else {
+        quote!()
+    };
+    let scratch_expr = if conv_scratch.is_empty() {
+        quote!(0usize)
+    } else {
+        quote!(0usize #(.max(#conv_scratch))*)
+    };
+    quote! {
+        #[doc = #doc]
+        pub struct #name {
+            tensors: #tensors_struct,
+            convs: #convs_struct,
+            bufs: [::std::vec::Vec<f32>; 2],
+            scratch: ::std::vec::Vec<f32>,
+            capacity: usize,
+            threads: usize,
+        }
+
+        #[doc = #tensors_doc]
+        #[derive(Debug, Clone)]
+        pub struct #tensors_struct {
+            #(
+                #[doc = #field_docs]
+                pub #tensor_fields: ::std::vec::Vec<f32>,
+            )*
+        }
+
+        #[doc = #convs_doc]
+        #[derive(Debug, Clone)]
+        struct #convs_struct {
+            #(#conv_fields,)*
+        }
+
+        impl ::std::fmt::Debug for #name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!(#name)).field("capacity", &self.capacity).finish_non_exhaustive()
+            }
+        }
+
+        impl #name {
+            /// Per-image input shape (batch implicit).
+            pub const INPUT_SHAPE: [usize; #in_rank] = [#(#in_shape),*];
+            /// Per-image output shape.
+            pub const OUTPUT_SHAPE: [usize; #out_rank] = [#(#out_shape),*];
+            /// Elements of one input image.
+            pub const INPUT_LEN: usize = #input_len;
+            /// Elements of one output.
+            pub const OUTPUT_LEN: usize = #output_len;
+            /// Trainable parameters.
+            pub const PARAMS: usize = #param_count;
+            /// The `cnnc summary` table of this model.
+            pub const SUMMARY: &'static str = #summary;
+            /// Per-image length of each activation buffer.
+            const BUF_LEN: usize = #buf_len;
+            /// `state_dict` names in order.
+            pub const TENSOR_NAMES: [&'static str; #n_tensors] = [#(#tensor_names),*];
+            #(#consts)*
+
+            /// Trainable parameter count.
+            pub const fn param_count() -> usize {
+                Self::PARAMS
+            }
+
+            /// The summary table (same as `cnnc summary`).
+            pub fn summary() -> &'static str {
+                Self::SUMMARY
+            }
+
+            /// The `state_dict` entries this model expects (names, PyTorch shapes, kinds).
+            pub fn param_specs() -> ::std::vec::Vec<#rt::ParamSpec> {
+                let shapes: [&[usize]; #n_tensors] = [#(#tensor_shapes),*];
+                let kinds: [#rt::ParamKind; #n_tensors] = [#(#tensor_kinds),*];
+                Self::TENSOR_NAMES.iter().zip(shapes).zip(kinds).map(|((n, s), k)| #rt::ParamSpec::new(*n, s.to_vec(), k)).collect()
+            }
+
+            /// Builds the model from weights whose names and shapes were checked against
+            /// [`Self::param_specs`].
+            pub fn from_weights(weights: &#rt::Weights) -> ::std::result::Result<Self, #rt::Error> {
+                #rt::check_weights(weights, &Self::param_specs())?;
+                let tensors = #tensors_struct {
+                    #( #tensor_fields: weights.get(Self::TENSOR_NAMES[#tensor_idx]).map(<[f32]>::to_vec).unwrap_or_default(), )*
+                };
+                Ok(Self::from_tensors(tensors))
+            }
+
+            fn from_tensors(tensors: #tensors_struct) -> Self {
+                let convs = #convs_struct { #(#conv_inits,)* };
+                Self { tensors, convs, bufs: [::std::vec::Vec::new(), ::std::vec::Vec::new()], scratch: ::std::vec::Vec::new(), capacity: 0, threads: 0 }
+            }
+
+            /// Loads a safetensors file with PyTorch `state_dict` names; every missing, extra,
+            /// mis-shaped or mistyped tensor is reported at once.
+            pub fn from_safetensors(path: impl ::std::convert::AsRef<::std::path::Path>) -> ::std::result::Result<Self, #rt::Error> {
+                let w = #rt::load_weights(path.as_ref(), &Self::param_specs())?;
+                Self::from_weights(&w)
+            }
+
+            /// PyTorch's default initialisation, from `seed`.
+            pub fn init(seed: u64) -> ::std::result::Result<Self, #rt::Error> {
+                let w = #rt::default_weights(&Self::param_specs(), seed)?;
+                Self::from_weights(&w)
+            }
+
+            /// The current weights, `state_dict` order.
+            pub fn weights(&self) -> ::std::result::Result<#rt::Weights, #rt::Error> {
+                let t = &self.tensors;
+                #rt::make_weights(&Self::param_specs(), ::std::vec![#(t.#tensor_fields.clone()),*])
+            }
+
+            /// Sizes the buffers for `batch` images under the current rayon pool; `forward`
+            /// calls it, so only the first call at a larger batch allocates.
+            pub fn reserve(&mut self, batch: usize) {
+                let threads = #rt::current_num_threads();
+                if batch <= self.capacity && threads <= self.threads {
+                    return;
+                }
+                let batch = batch.max(self.capacity);
+                #unused_scratch
+                let need = #scratch_expr;
+                if self.scratch.len() < need {
+                    self.scratch.resize(need, 0.0);
+                }
+                for b in &mut self.bufs {
+                    if b.len() < Self::BUF_LEN * batch {
+                        b.resize(Self::BUF_LEN * batch, 0.0);
+                    }
+                }
+                self.capacity = batch;
+                self.threads = threads.max(self.threads);
+            }
+
+            /// Runs a batch. The sizes are in the types, so nothing is checked at run time.
+            pub fn forward(&mut self, input: &[[f32; #input_len]]) -> &[[f32; #output_len]] {
+                let batch = input.len();
+                self.reserve(batch);
+                let x: &[f32] = input.as_flattened();
+                let Self { tensors, convs, bufs, scratch, .. } = self;
+                let _ = (&tensors, &convs, &scratch);
+                let [b0, b1] = bufs;
+                #copy_input_if_no_steps
+                #(#body)*
+                let out: &[f32] = &#out_buf[..#output_len * batch];
+                out.as_chunks::<#output_len>().0
+            }
+
+            /// Runs an ndarray batch `[N, …INPUT_SHAPE]`, checking its trailing dimensions.
+            pub fn forward_array(&mut self, input: #rt::ndarray::ArrayViewD<'_, f32>) -> ::std::result::Result<#rt::ndarray::ArrayD<f32>, #rt::Error> {
+                let batch = #rt::check_batch_shape(input.shape(), &Self::INPUT_SHAPE)?;
+                let flat = #rt::contiguous(&input);
+                let samples: &[[f32; #input_len]] = flat.as_chunks::<#input_len>().0;
+                let out = self.forward(samples).as_flattened().to_vec();
+                let mut shape = ::std::vec![batch];
+                shape.extend_from_slice(&Self::OUTPUT_SHAPE);
+                #rt::array_from(shape, out)
+            }
+        }
+    }
+}
+
+/// Emits formatted source with a `// @generated` header.
+pub fn source(model: &CheckedModel, opts: &Options) -> Result<String, syn::Error> {
+    let ts = tokens(model, opts);
+    let file: syn::File = syn::parse2(ts)?;
+    let body = prettyplease::unparse(&file);
+    Ok(format!(
+        "// @generated by cnn-dsl {} from `{}`: do not edit; change the spec and regenerate.\n\n{body}",
+        env!("CARGO_PKG_VERSION"),
+        opts.source_name
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SourceMap, compile_source};
+
+    #[test]
+    fn seed_model_source_has_constants_and_formats() {
+        let text = include_str!("../../examples/models/seed.yaml");
+        let m = compile_source(&mut SourceMap::new(), "seed.yaml", text).unwrap();
+        let src = source(
+            &m,
+            &Options {
+                source_name: "seed.yaml".into(),
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        assert!(src.starts_with("// @generated"));
+        assert!(src.contains("pub const INPUT_SHAPE: [usize; 3] = [1, 28, 28];"));
+        assert!(src.contains("pub fn forward(&mut self, input: &[[f32; 784]]) -> &[[f32; 10]]"));
+        assert!(src.contains("out_channels: 64"));
+        assert!(src.contains("\"conv2.2.weight\""));
+    }
+}

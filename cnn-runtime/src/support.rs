@@ -1,0 +1,84 @@
+//! Helpers the generated code calls (through `cnn::__private`); not a stable API.
+
+use crate::error::Error;
+use crate::weights::{ParamSpec, Weights, WeightsError};
+use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use std::borrow::Cow;
+use std::path::Path;
+
+/// Checks that `weights` hold exactly the tensors of `specs` with the right sizes.
+pub fn check_weights(weights: &Weights, specs: &[ParamSpec]) -> Result<(), Error> {
+    for s in specs {
+        let want = s.numel().unwrap_or(usize::MAX);
+        match weights.get(&s.name) {
+            Some(v) if v.len() == want => {}
+            Some(v) => {
+                return Err(WeightsError::WrongLength {
+                    name: s.name.clone(),
+                    shape: s.shape.clone(),
+                    expected: want,
+                    found: v.len(),
+                }
+                .into());
+            }
+            None => {
+                return Err(crate::exec::ExecError::Weights {
+                    name: s.name.clone(),
+                    problem: "is missing".into(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads a safetensors file against `specs`.
+pub fn load_weights(path: &Path, specs: &[ParamSpec]) -> Result<Weights, Error> {
+    Ok(crate::weights::load(path, specs)?)
+}
+
+/// PyTorch's default initialisation from `seed`.
+pub fn default_weights(specs: &[ParamSpec], seed: u64) -> Result<Weights, Error> {
+    let mut rng = crate::init::Rng::seed_from_u64(seed);
+    Ok(crate::init::default_weights(specs, &mut rng)?)
+}
+
+/// Weights from values in spec order.
+pub fn make_weights(specs: &[ParamSpec], values: Vec<Vec<f32>>) -> Result<Weights, Error> {
+    Ok(Weights::new(specs, values)?)
+}
+
+/// The calling rayon pool's thread count.
+pub fn current_num_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Checks `[N, …expected]` and returns N.
+pub fn check_batch_shape(shape: &[usize], expected: &[usize]) -> Result<usize, Error> {
+    if shape.len() == expected.len() + 1 && shape[1..] == *expected {
+        Ok(shape[0])
+    } else {
+        Err(Error::InputShape {
+            found: shape.to_vec(),
+            expected: expected.to_vec(),
+        })
+    }
+}
+
+/// The array's data in standard (C) order, borrowed when already contiguous.
+pub fn contiguous<'a>(a: &'a ArrayViewD<'_, f32>) -> Cow<'a, [f32]> {
+    match a.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(a.iter().copied().collect()),
+    }
+}
+
+/// An array from a shape and matching data.
+pub fn array_from(shape: Vec<usize>, data: Vec<f32>) -> Result<ArrayD<f32>, Error> {
+    let found = vec![data.len()];
+    ArrayD::from_shape_vec(IxDyn(&shape), data).map_err(|_| Error::InputShape {
+        found,
+        expected: shape,
+    })
+}
