@@ -139,6 +139,14 @@ fn mean_cpu_1thread(pool: &rayon::ThreadPool, mut f: impl FnMut() + Send, reps: 
     })
 }
 
+/// User + system CPU time of the whole process (Linux `/proc/self/stat`, 100 Hz ticks).
+fn process_cpu() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
 fn median_time(mut f: impl FnMut(), reps: usize) -> Duration {
     f();
     let mut t: Vec<Duration> = (0..reps)
@@ -167,7 +175,12 @@ fn table() {
     for (name, g, dx) in layers() {
         let mut d = Data::new(&g);
         let t1 = mean_cpu_1thread(&p1, || d.fast(&g, dx), 40);
+        let (c0, w0) = (process_cpu(), Instant::now());
         let t2 = p2.install(|| median_time(|| d.fast(&g, dx), 15));
+        let busy = match (c0, process_cpu()) {
+            (Some(a), Some(b)) => (b - a).as_secs_f64() / w0.elapsed().as_secs_f64(),
+            _ => f64::NAN,
+        };
         let s = Instant::now();
         d.reference(&g, dx);
         let tr = s.elapsed();
@@ -175,7 +188,7 @@ fn table() {
         total2 += t2;
         let gf = |t: Duration| flops(&g, dx) as f64 / t.as_secs_f64() / 1e9;
         println!(
-            "  {name:<16} {:>8.3} ms {:>6.1} GFLOP/s | {:>8.3} ms {:>6.1} GFLOP/s | reference {:>9.1} ms, {:>6.1}x slower than 1 thread",
+            "  {name:<16} {:>8.3} ms {:>6.1} GFLOP/s | {:>8.3} ms {:>6.1} GFLOP/s | cores busy {busy:.2} | reference {:>9.1} ms, {:>6.1}x slower than 1 thread",
             t1.as_secs_f64() * 1e3,
             gf(t1),
             t2.as_secs_f64() * 1e3,
