@@ -327,6 +327,34 @@ impl Executor {
         })
     }
 
+    /// Runs the batch once, timing each step: `(path, seconds)` per kernel call, for per-layer
+    /// GFLOP/s reports.
+    pub fn profile(
+        &mut self,
+        input: &[f32],
+        batch: usize,
+    ) -> Result<Vec<(String, f64)>, ExecError> {
+        self.forward(input, batch)?;
+        let Executor {
+            plan,
+            weights,
+            kernels,
+            bufs,
+            scratch,
+            pool,
+            ..
+        } = self;
+        let mut times = Vec::with_capacity(plan.steps.len());
+        pool.install(|| {
+            for (step, kernel) in plan.steps.iter().zip(kernels.iter()) {
+                let t = std::time::Instant::now();
+                run_step(plan, weights, step, kernel, batch, input, bufs, scratch);
+                times.push((step.path.clone(), t.elapsed().as_secs_f64()));
+            }
+        });
+        Ok(times)
+    }
+
     /// Runs an ndarray batch `[N, …input_shape]`, checking its trailing dimensions once.
     pub fn forward_array(&mut self, input: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>, ExecError> {
         let shape = input.shape().to_vec();

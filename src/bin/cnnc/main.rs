@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 the spec (or weights/data) has errors, 2 usage or I/O errors.
 
+mod run_cmds;
 mod spec_cmds;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -47,6 +48,9 @@ enum Command {
         /// Diagnostic output format.
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
         message_format: MessageFormat,
+        /// Also check a safetensors file against the (single) spec, without running it.
+        #[arg(long, value_name = "W.safetensors")]
+        weights: Option<String>,
     },
     /// Print a per-layer table: output shapes, parameters, multiply-adds and totals.
     Summary {
@@ -61,6 +65,63 @@ enum Command {
         /// Diagnostic output format.
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
         message_format: MessageFormat,
+    },
+    /// Run a model on an .npy batch or an image.
+    Run {
+        /// Spec file.
+        spec: String,
+        /// Weights (safetensors with PyTorch state_dict names).
+        #[arg(long, conflicts_with = "init")]
+        weights: Option<String>,
+        /// Use PyTorch's default initialisation with this seed instead of weights.
+        #[arg(long)]
+        init: Option<u64>,
+        /// Input: .npy of shape [N, …input] (float32), or a PNG/JPEG image.
+        #[arg(long)]
+        input: String,
+        /// Write the outputs as .npy.
+        #[arg(long)]
+        output: Option<String>,
+        /// Worker threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Classes to print per sample.
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        /// Per-channel mean for image inputs (with --std), e.g. 0.1307.
+        #[arg(long, value_delimiter = ',')]
+        mean: Option<Vec<f32>>,
+        /// Per-channel std for image inputs (with --mean), e.g. 0.3081.
+        #[arg(long, value_delimiter = ',')]
+        std: Option<Vec<f32>>,
+    },
+    /// Print the specialised Rust for a spec.
+    Gen {
+        /// Spec file.
+        spec: String,
+        /// Write to a file instead of stdout.
+        #[arg(short, long)]
+        output: Option<String>,
+    },
+    /// Time inference: images/s, latency percentiles, GFLOP/s.
+    Bench {
+        /// Spec file.
+        spec: String,
+        /// Batch size.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Worker threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Seconds to time each path.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Also time each kernel call (GFLOP/s per layer).
+        #[arg(long)]
+        layers: bool,
     },
 }
 
@@ -94,7 +155,69 @@ fn main() -> ExitCode {
         Command::Check {
             files,
             message_format,
+            weights: Some(w),
+        } => {
+            let _ = message_format;
+            if files.len() != 1 {
+                eprintln!("error: --weights checks one spec file at a time");
+                return ExitCode::from(2);
+            }
+            run_cmds::check_weights(&files[0], &w, color)
+        }
+        Command::Check {
+            files,
+            message_format,
+            weights: None,
         } => spec_cmds::check(&files, message_format, color),
+        Command::Run {
+            spec,
+            weights,
+            init,
+            input,
+            output,
+            threads,
+            top_k,
+            mean,
+            std,
+        } => run_cmds::run(
+            run_cmds::RunArgs {
+                spec: &spec,
+                weights: weights.as_deref(),
+                init,
+                input: &input,
+                output: output.as_deref(),
+                threads,
+                top_k,
+                mean,
+                std,
+            },
+            color,
+        ),
+        Command::Gen { spec, output } => run_cmds::generate(&spec, output.as_deref(), color),
+        Command::Bench {
+            spec,
+            batch,
+            threads,
+            seconds,
+            json,
+            layers,
+        } => {
+            if batch == 0 {
+                eprintln!("error: --batch must be at least 1");
+                return ExitCode::from(2);
+            }
+            run_cmds::bench(
+                run_cmds::BenchArgs {
+                    spec: &spec,
+                    batch,
+                    threads,
+                    seconds,
+                    json,
+                    layers,
+                },
+                color,
+            )
+        }
         Command::Summary {
             file,
             explain,

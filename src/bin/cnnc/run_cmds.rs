@@ -1,0 +1,380 @@
+//! `cnnc run`, `cnnc gen`, `cnnc bench` and `cnnc check --weights`.
+
+use crate::MessageFormat;
+use crate::spec_cmds::{emit, read_spec};
+use anyhow::{Context, bail};
+use cnn::dsl::plan::{Plan, plan};
+use cnn::dsl::{CheckedModel, SourceMap, codegen};
+use cnn::runtime::exec::{Executor, param_specs};
+use cnn::runtime::io;
+use cnn::runtime::weights::{self, Weights};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Compiles a spec file, printing diagnostics; `Err(code)` to exit with.
+pub fn load_model(file: &str, color: bool) -> Result<CheckedModel, ExitCode> {
+    let text = read_spec(file)?;
+    let mut sources = SourceMap::new();
+    cnn::dsl::compile_source(&mut sources, file, &text).map_err(|d| {
+        emit(&d, &sources, MessageFormat::Human, color);
+        ExitCode::from(1)
+    })
+}
+
+/// Weights from `--weights`, `--init`, or none for a parameter-free model.
+pub fn load_weights(p: &Plan, weights: Option<&str>, init: Option<u64>) -> anyhow::Result<Weights> {
+    match (weights, init) {
+        (Some(w), _) => {
+            weights::load(Path::new(w), &param_specs(p)).map_err(|e| anyhow::anyhow!("{e}"))
+        }
+        (None, Some(seed)) => Ok(cnn::runtime::exec::init_weights(p, seed)?),
+        (None, None) if p.tensors.is_empty() => Ok(Weights::new(&[], vec![])?),
+        (None, None) => bail!(
+            "`{}` has {} parameter tensors: give --weights FILE.safetensors or --init SEED",
+            p.name,
+            p.tensors.len()
+        ),
+    }
+}
+
+fn report(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(1)
+}
+
+/// `cnnc check SPEC --weights W`: compare a safetensors file with the spec, without running.
+pub fn check_weights(file: &str, weights_path: &str, color: bool) -> ExitCode {
+    let model = match load_model(file, color) {
+        Ok(m) => m,
+        Err(c) => return c,
+    };
+    let p = plan(&model);
+    match weights::load(Path::new(weights_path), &param_specs(&p)) {
+        Ok(w) => {
+            println!(
+                "ok: {weights_path} fits `{}`: {} tensors, {} values",
+                p.name,
+                w.len(),
+                w.iter().map(|(_, v)| v.len()).sum::<usize>()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `cnnc gen SPEC [-o FILE]`.
+pub fn generate(file: &str, out: Option<&str>, color: bool) -> ExitCode {
+    let model = match load_model(file, color) {
+        Ok(m) => m,
+        Err(c) => return c,
+    };
+    let opts = codegen::Options {
+        source_name: file.to_string(),
+        ..Default::default()
+    };
+    let src = match codegen::source(&model, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            return report(anyhow::anyhow!(
+                "internal error formatting generated code: {e}"
+            ));
+        }
+    };
+    match out {
+        Some(path) => match std::fs::write(path, src) {
+            Ok(()) => {
+                eprintln!("wrote {path}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: cannot write `{path}`: {e}");
+                ExitCode::from(2)
+            }
+        },
+        None => {
+            print!("{src}");
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Options of `cnnc run`.
+pub struct RunArgs<'a> {
+    pub spec: &'a str,
+    pub weights: Option<&'a str>,
+    pub init: Option<u64>,
+    pub input: &'a str,
+    pub output: Option<&'a str>,
+    pub threads: usize,
+    pub top_k: usize,
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// `cnnc run`.
+pub fn run(a: RunArgs<'_>, color: bool) -> ExitCode {
+    let model = match load_model(a.spec, color) {
+        Ok(m) => m,
+        Err(c) => return c,
+    };
+    match run_inner(&a, &model) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(e),
+    }
+}
+
+fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
+    let p = plan(model);
+    let w = load_weights(&p, a.weights, a.init)?;
+    let lower = a.input.to_ascii_lowercase();
+    let is_image = [".png", ".jpg", ".jpeg"].iter().any(|e| lower.ends_with(e));
+    let (data, batch) = if is_image {
+        let shape: [usize; 3] = match p.input_shape.as_slice() {
+            [c, h, w] => [*c, *h, *w],
+            s => bail!("`{}` takes {:?} inputs, not images", p.name, s),
+        };
+        let norm = match (&a.mean, &a.std) {
+            (Some(m), Some(s)) => Some(io::ChannelNorm::new(m, s)?),
+            (None, None) => None,
+            _ => bail!("give both --mean and --std, or neither"),
+        };
+        let img = io::read_image(Path::new(a.input), shape, norm.as_ref())?;
+        (img.into_raw_vec_and_offset().0, 1)
+    } else {
+        let x = io::read_npy(Path::new(a.input))?;
+        let s = x.shape().to_vec();
+        let batch = if s == p.input_shape {
+            1
+        } else if s.len() == p.input_shape.len() + 1 && s[1..] == p.input_shape[..] {
+            s[0]
+        } else {
+            bail!(
+                "`{}` has shape {:?}, but `{}` takes [N, {}] (or one sample of [{}])",
+                a.input,
+                s,
+                p.name,
+                p.input_shape
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.input_shape
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        let flat: Vec<f32> = x.iter().copied().collect();
+        if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "`{}` holds a non-finite value ({}) at flat index {i}",
+                a.input,
+                flat[i]
+            );
+        }
+        (flat, batch)
+    };
+    let mut exec = Executor::new(p.clone(), w, a.threads)?;
+    let out = exec.forward(&data, batch)?.to_vec();
+    let olen = p.output_len();
+    if let Some(path) = a.output {
+        let mut shape = vec![batch];
+        shape.extend(&p.output_shape);
+        let arr = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), out.clone())?;
+        io::write_npy(Path::new(path), &arr).with_context(|| format!("writing {path}"))?;
+        eprintln!("wrote {path}: {batch} × {:?}", p.output_shape);
+    }
+    if a.output.is_none() || is_image {
+        let last = model.layers().last().map(|l| l.layer.kind.name());
+        for (i, row) in out.chunks(olen).enumerate().take(16) {
+            let probs = match last {
+                Some("softmax") => row.to_vec(),
+                Some("log_softmax") => row.iter().map(|v| v.exp()).collect(),
+                _ => softmax(row),
+            };
+            let mut idx: Vec<usize> = (0..probs.len()).collect();
+            idx.sort_by(|&x, &y| probs[y].total_cmp(&probs[x]));
+            let top: Vec<String> = idx
+                .iter()
+                .take(a.top_k)
+                .map(|&c| format!("{c}: {:.4}", probs[c]))
+                .collect();
+            println!(
+                "{}[{i}] top-{}: {}",
+                if is_image { a.input } else { "sample" },
+                a.top_k.min(probs.len()),
+                top.join("  ")
+            );
+        }
+        if batch > 16 {
+            println!("… {} more samples (use --output Y.npy for all)", batch - 16);
+        }
+    }
+    Ok(())
+}
+
+/// Options of `cnnc bench`.
+pub struct BenchArgs<'a> {
+    pub spec: &'a str,
+    pub batch: usize,
+    pub threads: usize,
+    pub seconds: f64,
+    pub json: bool,
+    pub layers: bool,
+}
+
+struct Timing {
+    lat: Vec<f64>,
+}
+
+impl Timing {
+    fn pct(&self, q: f64) -> f64 {
+        let mut v = self.lat.clone();
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize]
+    }
+}
+
+fn time_loop(seconds: f64, mut f: impl FnMut()) -> Timing {
+    for _ in 0..3 {
+        f();
+    }
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    while start.elapsed().as_secs_f64() < seconds || lat.len() < 10 {
+        let t = Instant::now();
+        f();
+        lat.push(t.elapsed().as_secs_f64());
+    }
+    Timing { lat }
+}
+
+/// `cnnc bench`.
+pub fn bench(a: BenchArgs<'_>, color: bool) -> ExitCode {
+    let model = match load_model(a.spec, color) {
+        Ok(m) => m,
+        Err(c) => return c,
+    };
+    match bench_inner(&a, &model) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(e),
+    }
+}
+
+fn bench_inner(a: &BenchArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
+    let p = plan(model);
+    let flops = 2.0 * model.macs() as f64 * a.batch as f64;
+    let input: Vec<f32> = (0..p.input_len() * a.batch)
+        .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+        .collect();
+    let mut exec = Executor::with_init(p.clone(), 0, a.threads)?;
+    let threads = exec.threads();
+    let mut results = Vec::new();
+    let t = time_loop(a.seconds, || {
+        let _ = exec.forward(&input, a.batch);
+    });
+    results.push(("plan", t));
+    // The specialised code compiled into cnnc: the bundled seed model.
+    let seed = seed_plan();
+    if seed
+        .as_ref()
+        .is_some_and(|s| s.steps == p.steps && s.tensors == p.tensors)
+    {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let mut m = cnn::models::SeedCnn::init(0)?;
+        let samples: &[[f32; 784]] = input.as_chunks::<784>().0;
+        let t = pool.install(|| {
+            time_loop(a.seconds, || {
+                m.forward(samples);
+            })
+        });
+        results.push(("specialised", t));
+    }
+    if !a.json {
+        println!(
+            "{}: batch {}, {} thread(s), {:.2} MFLOP per image",
+            p.name,
+            a.batch,
+            threads,
+            2.0 * model.macs() as f64 / 1e6
+        );
+    }
+    for (path, t) in &results {
+        let mean = t.lat.iter().sum::<f64>() / t.lat.len() as f64;
+        let ips = a.batch as f64 / mean;
+        let gflops = flops / mean / 1e9;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "path": path, "batch": a.batch, "threads": threads, "images_per_s": ips,
+                    "latency_us_p50": t.pct(0.5) * 1e6, "latency_us_p99": t.pct(0.99) * 1e6, "gflops": gflops,
+                    "iterations": t.lat.len(),
+                })
+            );
+        } else {
+            println!(
+                "  {path:<12} {ips:>10.0} images/s   p50 {:>9.1} µs   p99 {:>9.1} µs   {gflops:>6.1} GFLOP/s   ({} runs)",
+                t.pct(0.5) * 1e6,
+                t.pct(0.99) * 1e6,
+                t.lat.len()
+            );
+        }
+    }
+    if results.len() == 2 && !a.json {
+        let m = |t: &Timing| t.lat.iter().sum::<f64>() / t.lat.len() as f64;
+        println!(
+            "  specialised / plan throughput: {:.2}×",
+            m(&results[0].1) / m(&results[1].1)
+        );
+    }
+    if a.layers {
+        let runs = 20;
+        let mut acc: Vec<(String, f64)> = Vec::new();
+        for _ in 0..runs {
+            for (i, (path, s)) in exec.profile(&input, a.batch)?.into_iter().enumerate() {
+                if acc.len() <= i {
+                    acc.push((path, 0.0));
+                }
+                acc[i].1 += s / runs as f64;
+            }
+        }
+        if !a.json {
+            println!("  per step (plan, mean of {runs}):");
+        }
+        for ((path, s), step) in acc.iter().zip(&p.steps) {
+            let gf = 2.0 * step.macs as f64 * a.batch as f64 / s / 1e9;
+            if a.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"path": "plan-step", "step": path, "batch": a.batch, "threads": threads, "us": s * 1e6, "gflops": gf})
+                );
+            } else {
+                println!("    {path:<18} {:>9.1} µs  {:>7.1} GFLOP/s", s * 1e6, gf);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn seed_plan() -> Option<Plan> {
+    let text = include_str!("../../../examples/models/seed.yaml");
+    cnn::dsl::compile_source(&mut SourceMap::new(), "seed.yaml", text)
+        .ok()
+        .map(|m| plan(&m))
+}
