@@ -237,5 +237,47 @@ fn forward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward, layers, reference_layers);
+/// Convolutions off the direct path (strided, unpadded): the im2col (gather) path.
+fn general(c: &mut Criterion) {
+    let mut group = c.benchmark_group("general");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let stride2 = Conv2dGeom {
+        kernel_h: 3,
+        kernel_w: 3,
+        stride_h: 2,
+        stride_w: 2,
+        pad_top: 1,
+        pad_left: 1,
+        out_h: 14,
+        out_w: 14,
+        ..conv_geom(32, 64, 28)
+    };
+    let valid = Conv2dGeom {
+        pad_top: 0,
+        pad_left: 0,
+        out_h: 24,
+        out_w: 24,
+        ..conv_geom(16, 32, 28)
+    };
+    for (threads, pool) in pools() {
+        for (name, g) in [("conv_s2", stride2), ("conv_valid", valid)] {
+            let batch = 64;
+            let w = values(g.weight_len(), 7);
+            let conv = PackedConv::new(&g, &w, None, Activation::Relu);
+            let x = values(batch * g.in_len(), 8);
+            let mut y = vec![0.0; batch * g.out_len()];
+            let mut scratch = vec![0.0; conv.scratch_len(batch, threads)];
+            group.throughput(Throughput::Elements(conv_flops(&g) * batch as u64));
+            group.bench_function(format!("{name}/b{batch}/t{threads}"), |b| {
+                pool.install(|| b.iter(|| conv.run(batch, black_box(&x), &mut y, &mut scratch)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, forward, layers, reference_layers, general);
 criterion_main!(benches);

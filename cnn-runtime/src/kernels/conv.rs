@@ -254,28 +254,38 @@ fn pack_weights(g: &Conv2dGeom, weight: &[f32], dst: &mut [f32]) {
     }
 }
 
-/// Whether the direct (masked shifted load) path applies.
-fn is_direct(g: &Conv2dGeom) -> bool {
-    g.stride_h == 1
-        && g.stride_w == 1
-        && g.out_h == g.in_h
-        && g.out_w == g.in_w
-        && g.kernel_h <= MAX_DIRECT_KERNEL
-        && g.kernel_w <= MAX_DIRECT_KERNEL
+/// Pixel grid `(Hv, Wv)` of the direct (masked shifted load) path, if it applies.
+///
+/// The direct path needs stride 1. It computes every pixel of a virtual `Hv × Wv` grid per
+/// image laid over the input (`Hv = max(H_in, H_out)`, same for W), so that one tap is one
+/// constant shift; pixels outside `H_out × W_out` are computed and dropped. When that wastes
+/// more than half the lanes (e.g. a "valid" 5×5 conv on 7×7) the packed path is used.
+fn direct_grid(g: &Conv2dGeom) -> Option<(usize, usize)> {
+    if g.stride_h != 1
+        || g.stride_w != 1
+        || g.kernel_h > MAX_DIRECT_KERNEL
+        || g.kernel_w > MAX_DIRECT_KERNEL
+    {
+        return None;
+    }
+    let (hv, wv) = (g.in_h.max(g.out_h), g.in_w.max(g.out_w));
+    (2 * g.out_h * g.out_w >= hv * wv).then_some((hv, wv))
 }
 
-/// Scratch for the transposed `[C, N, H, W]` input (direct path, batch > 1).
+/// Scratch for the direct path's copy of the input as `[C, N, Hv, Wv]`: needed when the
+/// grid is larger than the input, or to fold a batch of multi-channel images.
 fn transpose_len(g: &Conv2dGeom, batch: usize) -> usize {
-    if is_direct(g) && batch > 1 && g.in_channels > 1 {
-        g.in_len() * batch
-    } else {
-        0
+    match direct_grid(g) {
+        Some((hv, wv)) if (batch > 1 && g.in_channels > 1) || hv != g.in_h || wv != g.in_w => {
+            g.in_channels * batch * hv * wv
+        }
+        _ => 0,
     }
 }
 
 /// Scratch per thread: the im2col buffer of one column vector (packed path only).
 fn per_thread_len(g: &Conv2dGeom) -> usize {
-    if is_direct(g) {
+    if direct_grid(g).is_some() {
         0
     } else {
         taps(g) * (g.in_channels / g.groups) * NR
@@ -319,6 +329,8 @@ struct TileIn<'a> {
 /// One tile's output side.
 struct TileOut<'a> {
     out: SendPtr,
+    /// Length of the output slice (for debug assertions).
+    len: usize,
     /// `(lane mask, index offset)` of each run of lanes that is contiguous in the output: lane
     /// `l` of row `co` goes to `out[offset + co * ohw + l]`.
     segs: &'a [(u16, isize)],
@@ -332,9 +344,12 @@ struct TileOut<'a> {
 
 /// Per-column-vector bookkeeping, recomputed when a worker moves to the next vector.
 struct ColVec {
-    /// Image and pixel (`oh·W_out + ow`) of lane 0.
+    /// Image and pixel (`y·wv + x`) of lane 0 in the column grid.
     n0: usize,
     p0: usize,
+    /// Column grid per image: the output (packed path) or the direct path's virtual grid.
+    hv: usize,
+    wv: usize,
     /// Lanes that exist (16 except in the last vector).
     lanes: usize,
     segs: [(u16, isize); NR],
@@ -348,6 +363,8 @@ impl ColVec {
         ColVec {
             n0: 0,
             p0: 0,
+            hv: 1,
+            wv: 1,
             lanes: 0,
             segs: [(0, 0); NR],
             nsegs: 0,
@@ -356,41 +373,72 @@ impl ColVec {
         }
     }
 
-    /// Locates the vector starting at column `c0` and its output segments.
-    fn locate(&mut self, g: &Conv2dGeom, c0: usize, total: usize) {
+    /// Locates the vector starting at column `c0` of a `[N, hv, wv]` column grid, and its
+    /// output segments (runs of lanes contiguous in the output; grid pixels outside the
+    /// output are left out).
+    fn locate(&mut self, g: &Conv2dGeom, (hv, wv): (usize, usize), c0: usize, total: usize) {
         let ohw = g.out_h * g.out_w;
         let lanes = NR.min(total - c0);
         self.lanes = lanes;
-        self.n0 = c0 / ohw;
-        self.p0 = c0 % ohw;
-        // Runs of lanes in the same image are contiguous in the output.
+        self.hv = hv;
+        self.wv = wv;
+        self.n0 = c0 / (hv * wv);
+        self.p0 = c0 % (hv * wv);
         self.nsegs = 0;
-        let (mut l, mut n, mut p) = (0, self.n0, self.p0);
-        while l < lanes {
-            let len = (lanes - l).min(ohw - p);
-            let mask = (((1u32 << len) - 1) << l) as u16;
-            let off = (n * g.out_channels * ohw + p) as isize - l as isize;
-            self.segs[self.nsegs] = (mask, off);
-            self.nsegs += 1;
-            l += len;
-            n += 1;
-            p = 0;
+        if (hv, wv) == (g.out_h, g.out_w) {
+            // Every lane is an output pixel; runs break only between images.
+            let (mut l, mut n, mut p) = (0, self.n0, self.p0);
+            while l < lanes {
+                let len = (lanes - l).min(ohw - p);
+                let mask = (((1u32 << len) - 1) << l) as u16;
+                let off = (n * g.out_channels * ohw + p) as isize - l as isize;
+                self.segs[self.nsegs] = (mask, off);
+                self.nsegs += 1;
+                l += len;
+                n += 1;
+                p = 0;
+            }
+            return;
+        }
+        let (mut n, mut y, mut x) = (self.n0, self.p0 / wv, self.p0 % wv);
+        let mut next = isize::MIN; // output index that would continue the current run
+        for l in 0..lanes {
+            if y < g.out_h && x < g.out_w {
+                let o = (n * g.out_channels * ohw + y * g.out_w + x) as isize;
+                if o != next {
+                    self.segs[self.nsegs] = (0, o - l as isize);
+                    self.nsegs += 1;
+                }
+                self.segs[self.nsegs - 1].0 |= 1 << l;
+                next = o + 1;
+            } else {
+                next = isize::MIN; // a dropped lane ends the run
+            }
+            x += 1;
+            if x == wv {
+                x = 0;
+                y += 1;
+                if y == hv {
+                    y = 0;
+                    n += 1;
+                }
+            }
         }
     }
 
-    /// Image, output row and output column of each lane (valid for `l < lanes`).
-    fn coords(&self, g: &Conv2dGeom) -> ([usize; NR], [usize; NR], [usize; NR]) {
-        let (mut n, mut oh, mut ow) = (self.n0, self.p0 / g.out_w, self.p0 % g.out_w);
+    /// Image, grid row and grid column of each lane (valid for `l < lanes`).
+    fn coords(&self) -> ([usize; NR], [usize; NR], [usize; NR]) {
+        let (mut n, mut oh, mut ow) = (self.n0, self.p0 / self.wv, self.p0 % self.wv);
         let (mut ns, mut ohs, mut ows) = ([0; NR], [0; NR], [0; NR]);
         for l in 0..self.lanes {
             ns[l] = n;
             ohs[l] = oh;
             ows[l] = ow;
             ow += 1;
-            if ow == g.out_w {
+            if ow == self.wv {
                 ow = 0;
                 oh += 1;
-                if oh == g.out_h {
+                if oh == self.hv {
                     oh = 0;
                     n += 1;
                 }
@@ -402,13 +450,13 @@ impl ColVec {
     /// Direct path: which lanes each kernel row / column keeps inside the input.
     fn direct_masks(&mut self, g: &Conv2dGeom, isa: Isa) {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 && g.out_h * g.out_w + NR < 1 << 22 {
+        if isa == Isa::Avx512 && self.hv * self.wv + NR < 1 << 22 {
             // SAFETY: `Isa::Avx512` is only chosen when avx512f is available (see `tile`).
             unsafe { self.direct_masks_avx512(g) };
             return;
         }
         let _ = isa;
-        let (_, oh, ow) = self.coords(g);
+        let (_, oh, ow) = self.coords();
         for kh in 0..g.kernel_h {
             let dy = (kh * g.dilation_h) as isize - g.pad_top as isize;
             let mut m = 0u16;
@@ -442,8 +490,8 @@ impl ColVec {
     #[target_feature(enable = "avx512f")]
     unsafe fn direct_masks_avx512(&mut self, g: &Conv2dGeom) {
         use std::arch::x86_64::*;
-        let ohw = (g.out_h * g.out_w) as f32;
-        let w = g.out_w as f32;
+        let ohw = (self.hv * self.wv) as f32;
+        let w = self.wv as f32;
         let iota = _mm512_setr_ps(
             0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0,
         );
@@ -477,37 +525,86 @@ impl ColVec {
 
     /// Packed path: gathers the vector's input values of group `grp` into `buf` as
     /// `[tap][ci][NR]`, zero where a tap falls on padding or past the last column.
-    fn im2col(&self, g: &Conv2dGeom, grp: usize, input: &[f32], buf: &mut [f32]) {
-        let (ns, ohs, ows) = self.coords(g);
+    fn im2col(&self, g: &Conv2dGeom, grp: usize, input: &[f32], buf: &mut [f32], isa: Isa) {
+        let (ns, ohs, ows) = self.coords();
         let cin = g.in_channels / g.groups;
         let hw = g.in_h * g.in_w;
+        // Gather indices are i32: fall back to scalar copies for huge inputs.
+        let gather = isa == Isa::Avx512 && input.len() <= i32::MAX as usize;
+        let mut idx = [0usize; NR];
         for kh in 0..g.kernel_h {
             for kw in 0..g.kernel_w {
                 let t = kh * g.kernel_w + kw;
-                for l in 0..NR {
-                    let mut src = None;
-                    if l < self.lanes {
-                        let ih =
-                            (ohs[l] * g.stride_h + kh * g.dilation_h) as isize - g.pad_top as isize;
-                        let iw = (ows[l] * g.stride_w + kw * g.dilation_w) as isize
-                            - g.pad_left as isize;
-                        if ih >= 0 && ih < g.in_h as isize && iw >= 0 && iw < g.in_w as isize {
-                            src = Some(
-                                (ns[l] * g.in_channels + grp * cin) * hw
-                                    + ih as usize * g.in_w
-                                    + iw as usize,
-                            );
-                        }
+                let mut mask = 0u16;
+                for l in 0..self.lanes {
+                    let ih =
+                        (ohs[l] * g.stride_h + kh * g.dilation_h) as isize - g.pad_top as isize;
+                    let iw =
+                        (ows[l] * g.stride_w + kw * g.dilation_w) as isize - g.pad_left as isize;
+                    idx[l] = 0;
+                    if ih >= 0 && ih < g.in_h as isize && iw >= 0 && iw < g.in_w as isize {
+                        idx[l] = (ns[l] * g.in_channels + grp * cin) * hw
+                            + ih as usize * g.in_w
+                            + iw as usize;
+                        mask |= 1 << l;
                     }
-                    for ci in 0..cin {
-                        buf[(t * cin + ci) * NR + l] = match src {
-                            Some(i) => input[i + ci * hw],
-                            None => 0.0,
+                }
+                let dst = &mut buf[t * cin * NR..][..cin * NR];
+                #[cfg(target_arch = "x86_64")]
+                if gather {
+                    // SAFETY: `gather` implies avx512f (`Isa::Avx512` is only used when
+                    // available) and indices that fit in i32.
+                    unsafe { gather_rows(input, &idx, mask, hw, dst) };
+                    continue;
+                }
+                let _ = gather;
+                for (ci, row) in dst.chunks_exact_mut(NR).enumerate() {
+                    for (l, v) in row.iter_mut().enumerate() {
+                        *v = if mask >> l & 1 == 1 {
+                            input[idx[l] + ci * hw]
+                        } else {
+                            0.0
                         };
                     }
                 }
             }
         }
+    }
+}
+
+/// `dst[ci·NR + l] = input[idx[l] + ci·step]` for lanes set in `mask`, else 0, for every
+/// row `ci` of `dst`, with one AVX-512 gather per row.
+///
+/// # Safety
+/// The CPU must support avx512f; `input.len()` must fit in i32.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn gather_rows(input: &[f32], idx: &[usize; NR], mask: u16, step: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let rows = dst.len() / NR;
+    // Checked here so the unchecked gathers below stay in bounds.
+    for (l, &i) in idx.iter().enumerate() {
+        if mask >> l & 1 == 1 {
+            assert!(rows == 0 || i + (rows - 1) * step < input.len());
+        }
+    }
+    let mut lanes = [0i32; NR];
+    for (d, &i) in lanes.iter_mut().zip(idx) {
+        *d = i as i32; // < input.len() <= i32::MAX for set lanes; unused otherwise
+    }
+    // SAFETY: `lanes` is 64 bytes, an unaligned load is fine.
+    let mut iv = unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) };
+    let stepv = _mm512_set1_epi32(step as i32);
+    for row in dst.chunks_exact_mut(NR) {
+        // SAFETY: lanes set in `mask` index `input` in bounds (asserted above, and
+        // `idx + ci·step` stays below `input.len()` <= i32::MAX so the i32 sum cannot wrap);
+        // masked-off lanes are not accessed.
+        let v = unsafe {
+            _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, iv, input.as_ptr().cast())
+        };
+        // SAFETY: `row` has exactly NR = 16 floats.
+        unsafe { _mm512_storeu_ps(row.as_mut_ptr(), v) };
+        iv = _mm512_add_epi32(iv, stepv);
     }
 }
 
@@ -523,24 +620,32 @@ fn run_core(c: &Core, batch: usize, input: &[f32], output: &mut [f32], scratch: 
         "conv2d scratch: slice has {} elements, need at least {need} for {nt} threads",
         scratch.len()
     );
-    let ohw = g.out_h * g.out_w;
-    let total = batch * ohw;
-    if total == 0 || g.out_channels == 0 {
+    if batch * g.out_h * g.out_w == 0 || g.out_channels == 0 {
         return;
     }
-    let direct = is_direct(g);
+    let grid = direct_grid(g);
+    let (hv, wv) = grid.unwrap_or((g.out_h, g.out_w));
+    let total = batch * hv * wv;
     let (tbuf, rest) = scratch.split_at_mut(transpose_len(g, batch));
-    let hw = g.in_h * g.in_w;
+    let (h, w) = (g.in_h, g.in_w);
     let src: &[f32] = if tbuf.is_empty() {
         input
     } else {
-        // [N, C, H·W] -> [C, N, H·W]
-        tbuf.par_chunks_mut(batch * hw)
+        // [N, C, H, W] -> [C, N, Hv, Wv]; grid cells outside the input are never read (the
+        // masks only select taps inside H × W), so they are left as they are.
+        tbuf.par_chunks_mut(batch * hv * wv)
             .enumerate()
             .for_each(|(ci, dst)| {
                 for n in 0..batch {
-                    let s = (n * g.in_channels + ci) * hw;
-                    dst[n * hw..][..hw].copy_from_slice(&input[s..][..hw]);
+                    let s = &input[(n * g.in_channels + ci) * h * w..][..h * w];
+                    let d = &mut dst[n * hv * wv..][..hv * wv];
+                    if wv == w {
+                        d[..h * w].copy_from_slice(s);
+                    } else {
+                        for (d, s) in d.chunks_exact_mut(wv).zip(s.chunks_exact(w)) {
+                            d[..w].copy_from_slice(s);
+                        }
+                    }
                 }
             });
         tbuf
@@ -552,11 +657,12 @@ fn run_core(c: &Core, batch: usize, input: &[f32], output: &mut [f32], scratch: 
         c,
         src,
         input,
-        direct,
+        grid,
         total,
         mp,
         units,
         out: SendPtr(output.as_mut_ptr()),
+        out_len: output.len(),
     };
     let per = per_thread_len(g);
     if nt == 1 || units == 1 {
@@ -581,14 +687,17 @@ fn run_core(c: &Core, batch: usize, input: &[f32], output: &mut [f32], scratch: 
 /// A convolution split into `units` tiles, ordered column vector, group, panel.
 struct Work<'a> {
     c: &'a Core<'a>,
-    /// Where the direct path reads (input, or its `[C, N, H, W]` transpose).
+    /// Where the direct path reads (input, or its `[C, N, Hv, Wv]` copy).
     src: &'a [f32],
     input: &'a [f32],
-    direct: bool,
+    /// The direct path's virtual grid, or `None` on the packed path.
+    grid: Option<(usize, usize)>,
+    /// Columns: `batch · Hv · Wv` (direct) or `batch · H_out · W_out` (packed).
     total: usize,
     mp: usize,
     units: usize,
     out: SendPtr,
+    out_len: usize,
 }
 
 // SAFETY: `out` is only written through tiles that are disjoint between workers (see `run`);
@@ -613,29 +722,31 @@ impl Work<'_> {
         // (vector, group, panel) of unit u0, then stepped like an odometer (no divisions in
         // the loop: with one input channel a tile is only a few hundred FMAs).
         let (mut v, mut grp, mut p) = (u0 / per_vec, (u0 % per_vec) / self.mp, u0 % self.mp);
-        let cs = (self.total / ohw * g.in_h * g.in_w) as isize; // batch · H · W
+        let direct = self.grid.is_some();
+        let (hv, wv) = self.grid.unwrap_or((g.out_h, g.out_w));
+        let cs = self.total as isize; // batch · Hv · Wv: channel stride of `src`
         for _ in u0..u1 {
             if cur.0 != v {
-                cv.locate(g, v * NR, self.total);
-                if self.direct {
+                cv.locate(g, (hv, wv), v * NR, self.total);
+                if direct {
                     cv.direct_masks(g, self.c.isa);
                 }
                 cur = (v, usize::MAX);
             }
-            if !self.direct && cur.1 != grp {
-                cv.im2col(g, grp, self.input, buf);
+            if !direct && cur.1 != grp {
+                cv.im2col(g, grp, self.input, buf, self.c.isa);
                 cur.1 = grp;
             }
             let a = &self.c.a[(grp * self.mp + p) * panel_len..][..panel_len];
-            let tin = if self.direct {
+            let tin = if direct {
                 TileIn {
                     a,
                     src: self.src,
                     base: (grp * cin) as isize * cs + (v * NR) as isize
-                        - (g.pad_top * g.in_w + g.pad_left) as isize,
+                        - (g.pad_top * wv + g.pad_left) as isize,
                     cin,
                     cs,
-                    khs: (g.dilation_h * g.in_w) as isize,
+                    khs: (g.dilation_h * wv) as isize,
                     kws: g.dilation_w as isize,
                     kh: g.kernel_h,
                     kw: g.kernel_w,
@@ -657,6 +768,7 @@ impl Work<'_> {
             };
             let tout = TileOut {
                 out: self.out,
+                len: self.out_len,
                 segs: &cv.segs[..cv.nsegs],
                 co0: grp * cout + p * MR,
                 rows: MR.min(cout - p * MR),
@@ -679,6 +791,20 @@ impl Work<'_> {
 }
 
 fn tile(isa: Isa, tin: &TileIn, tout: &TileOut) {
+    #[cfg(debug_assertions)]
+    for r in 0..tout.rows {
+        for &(m, off) in tout.segs {
+            for l in 0..NR {
+                if m >> l & 1 == 1 {
+                    let i = off + ((tout.co0 + r) * tout.ohw + l) as isize;
+                    assert!(
+                        i >= 0 && (i as usize) < tout.len,
+                        "conv2d: tile store out of bounds"
+                    );
+                }
+            }
+        }
+    }
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
@@ -956,6 +1082,31 @@ mod tests {
     }
 
     #[test]
+    fn stride_one_not_same_uses_a_grid() {
+        // valid 5×5 on 28×28 -> 24×24: direct path over a 28×28 grid.
+        let g = geom(3, 8, (28, 28), (5, 5), (1, 1), (0, 0), (1, 1), 1);
+        assert_eq!(direct_grid(&g), Some((28, 28)));
+        check(g, 2);
+        // Output larger than the input (padding 2 on a 3×3 kernel): grid of the output.
+        let g = geom(2, 5, (6, 5), (3, 3), (1, 1), (2, 2), (1, 1), 1);
+        assert_eq!(direct_grid(&g), Some((8, 7)));
+        check(g, 3);
+        // Found by proptest: a dropped grid column between two images must split the run
+        // even though the two images' output pixels are adjacent in memory.
+        let g = Conv2dGeom {
+            in_w: 2,
+            out_w: 1,
+            kernel_w: 4,
+            ..geom(1, 1, (1, 4), (1, 4), (1, 1), (0, 0), (1, 1), 1)
+        };
+        check(g, 2);
+        // Mostly wasted grid: packed path.
+        let g = geom(2, 3, (7, 7), (5, 5), (1, 1), (0, 0), (1, 1), 1);
+        assert_eq!(direct_grid(&g), None);
+        check(g, 2);
+    }
+
+    #[test]
     fn asymmetric_same_padding() {
         // padding="same" with an even kernel: 1 above/left, 2 below/right.
         let mut g = geom(3, 4, (7, 6), (4, 4), (1, 1), (1, 1), (1, 1), 1);
@@ -995,9 +1146,12 @@ mod tests {
             kh in 1usize..=4, kw in 1usize..=4, sh in 1usize..=3, sw in 1usize..=3,
             dh in 1usize..=2, dw in 1usize..=2,
             h in 1usize..=10, w in 1usize..=10, ph in 0usize..=2, pw in 0usize..=2,
-            eh in 0usize..=2, ew in 0usize..=2, same in proptest::bool::ANY,
+            eh in 0usize..=2, ew in 0usize..=2, mode in 0usize..3,
         ) -> Option<Conv2dGeom> {
-            let (sh, sw) = if same { (1, 1) } else { (sh, sw) };
+            // 0: any stride (packed path); 1: stride 1 (direct path when few lanes are wasted);
+            // 2: stride 1 with the output as large as the input ("same", no copy at batch 1).
+            let (sh, sw) = if mode > 0 { (1, 1) } else { (sh, sw) };
+            let same = mode == 2;
             let span_h = dh * (kh - 1) + 1;
             let span_w = dw * (kw - 1) + 1;
             if h + ph + eh < span_h || w + pw + ew < span_w {
