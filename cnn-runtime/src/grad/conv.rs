@@ -532,9 +532,7 @@ impl Unfold {
                         let dst = &mut plane[ih * self.src_w..(ih + 1) * self.src_w];
                         let iw0 = ((w_lo * self.sw + j * self.dw) as isize - self.pad_w) as usize;
                         if self.sw == 1 {
-                            for (d, v) in dst[iw0..iw0 + s.len()].iter_mut().zip(s) {
-                                *d += v;
-                            }
+                            add_row(&mut dst[iw0..iw0 + s.len()], s);
                         } else {
                             for (k, v) in s.iter().enumerate() {
                                 dst[iw0 + k * self.sw] += v;
@@ -573,6 +571,33 @@ fn copy_row(d: &mut [f32], s: &[f32]) {
     }
     if d.len() > k {
         d[k] = s[k];
+    }
+}
+
+/// `d += s` element-wise for short rows, in fixed-size pieces the compiler keeps in registers.
+#[inline(always)]
+fn add_row(d: &mut [f32], s: &[f32]) {
+    assert_eq!(d.len(), s.len());
+    let mut dc = d.chunks_exact_mut(8);
+    let mut sc = s.chunks_exact(8);
+    for (a, b) in (&mut dc).zip(&mut sc) {
+        let a: &mut [f32; 8] = a.try_into().expect("chunk of 8");
+        let b: &[f32; 8] = b.try_into().expect("chunk of 8");
+        for k in 0..8 {
+            a[k] += b[k];
+        }
+    }
+    let (d, s) = (dc.into_remainder(), sc.remainder());
+    let mut k = 0;
+    if d.len() - k >= 4 {
+        for t in k..k + 4 {
+            d[t] += s[t];
+        }
+        k += 4;
+    }
+    while k < d.len() {
+        d[k] += s[k];
+        k += 1;
     }
 }
 
