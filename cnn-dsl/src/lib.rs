@@ -19,6 +19,7 @@ pub mod check;
 pub mod codegen;
 pub mod diag;
 pub mod dsl;
+pub mod expand;
 pub mod ir;
 pub mod lower;
 pub mod plan;
