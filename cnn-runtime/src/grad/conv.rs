@@ -14,6 +14,8 @@ use crate::geom::Conv2dGeom;
 /// Output columns (images × output positions) per weight-gradient GEMM: big enough to keep the
 /// GEMM efficient, small enough that the im2col buffer stays near the L2 cache.
 const TARGET_COLS: usize = 256;
+/// Im2col elements (128K floats, half of L2) worth gathering into one GEMM when rows are few.
+const COL_BUDGET: usize = 1 << 17;
 /// Most pieces the batch is split into. Fixed (not the thread count) so results are identical
 /// for any pool size; each piece owns a slice of the scratch buffer.
 const MAX_SLOTS: usize = 8;
@@ -66,10 +68,13 @@ fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
     let slots0 = batch.clamp(1, MAX_SLOTS);
     let imgs_per_slot = batch.div_ceil(slots0).max(1);
     let slots = batch.div_ceil(imgs_per_slot);
-    let chunk = (TARGET_COLS / p_out.max(1)).clamp(1, imgs_per_slot);
     let cin_g = g.in_channels / g.groups;
     let cout_g = g.out_channels / g.groups;
     let kk = g.kernel_h * g.kernel_w;
+    // Enough columns for an efficient GEMM; more when the im2col matrix is short (few rows).
+    let chunk = (TARGET_COLS / p_out.max(1))
+        .max(COL_BUDGET / (cin_g * kk * p_out).max(1))
+        .clamp(1, imgs_per_slot);
     // The transposed convolution unfolds `d_out` (C_out/g·kk rows) instead of scattering a
     // C_in/g·kk-row d_col back; it wins only when it has fewer rows (measured on the seed layers:
     // equal channel counts favour col2im slightly).
@@ -300,7 +305,7 @@ impl Slot<'_> {
                 &dyg[..g.out_channels * cols]
             };
             for (co, d) in pb.iter_mut().enumerate() {
-                *d += dyc[co * cols..(co + 1) * cols].iter().sum::<f32>();
+                *d += sum_row(&dyc[co * cols..(co + 1) * cols]);
             }
             for grp in 0..g.groups {
                 for b in 0..nb {
@@ -572,6 +577,20 @@ fn copy_row(d: &mut [f32], s: &[f32]) {
     if d.len() > k {
         d[k] = s[k];
     }
+}
+
+/// Sum of a row in eight interleaved lanes (vectorisable; the order is fixed, so the result is
+/// deterministic).
+fn sum_row(s: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let mut it = s.chunks_exact(8);
+    for c in &mut it {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    let tail: f32 = it.remainder().iter().sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `d += s` element-wise for short rows, in fixed-size pieces the compiler keeps in registers.
