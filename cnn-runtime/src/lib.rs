@@ -13,6 +13,7 @@ pub mod init;
 pub mod exec;
 pub mod error;
 pub mod support;
+pub mod train;
 
 pub use error::Error;
 pub mod io;

@@ -1,0 +1,922 @@
+//! Training: forward with saved activations, backward through every layer, loss and optimizer
+//! step, for any checked model.
+//!
+//! The trainer keeps one output buffer per layer (the backward pass needs each layer's input),
+//! two gradient buffers, and per-layer saved state (max-pool argmax indices, batch-norm batch
+//! statistics, dropout masks), all sized once for the largest batch seen: memory does not grow
+//! across steps or epochs ([`Trainer::memory_bytes`] reports it). A ReLU right after a conv2d is
+//! fused into the convolution (forward epilogue; backward from the saved output).
+//!
+//! Loss: PyTorch's `cross_entropy` on the logits, or `nll_loss` when the model ends in
+//! `log_softmax` (the usual MNIST recipe), or the negative log of the probability when it ends
+//! in `softmax`. Same seed, same thread count → identical weights (the kernels are
+//! deterministic; dropout masks come from a seeded generator).
+
+use crate::exec::{ExecError, conv_geom, init_weights, param_specs, pool_geom};
+use crate::geom::{AdaptivePoolGeom, BatchNormGeom, LinearGeom};
+use crate::grad::{self, DropoutRng};
+use crate::kernels::{self, Activation as KAct, BatchNormParams};
+use crate::optim::Optimizer;
+use crate::weights::Weights;
+use cnn_dsl::CheckedModel;
+use cnn_dsl::check::{Activation, Op, TensorRole};
+use cnn_dsl::ir::PoolKind;
+use cnn_dsl::plan::Plan;
+
+/// Errors from building or running a trainer.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The model cannot be trained as declared.
+    #[error("cannot train `{model}`: {reason}")]
+    Unsupported {
+        /// Model name.
+        model: String,
+        /// Why.
+        reason: String,
+    },
+    /// Batch data of the wrong size.
+    #[error(
+        "batch has {images} image values and {labels} labels; {batch} images of {per_image} values were expected"
+    )]
+    BatchSize {
+        /// Image values given.
+        images: usize,
+        /// Labels given.
+        labels: usize,
+        /// Batch size implied by the labels.
+        batch: usize,
+        /// Values per image.
+        per_image: usize,
+    },
+    /// A label outside `0..classes`.
+    #[error("label {label} at position {index} is not a class of a model with {classes} outputs")]
+    Label {
+        /// Position in the batch.
+        index: usize,
+        /// The label.
+        label: usize,
+        /// Output count.
+        classes: usize,
+    },
+    /// The loss became NaN or infinite.
+    #[error(
+        "the loss became {loss} at step {step}: lower the learning rate (--lr) or check the data"
+    )]
+    NonFinite {
+        /// The loss.
+        loss: f32,
+        /// Optimizer step.
+        step: u64,
+    },
+    /// Building the weights or the pool.
+    #[error(transparent)]
+    Exec(#[from] ExecError),
+    /// Weights did not fit.
+    #[error(transparent)]
+    Weights(#[from] crate::weights::WeightsError),
+}
+
+/// How the loss is computed from the last layer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LossKind {
+    /// `cross_entropy(logits, y)`.
+    CrossEntropy,
+    /// `nll_loss(log_probs, y)` after a final `log_softmax`.
+    Nll,
+    /// `−log p[y]` after a final `softmax`.
+    ProbNll,
+}
+
+struct TOp {
+    op: Op,
+    fused: Option<Activation>,
+    /// Indices into the tensor list: conv/linear weight, bias; batchnorm weight, bias, mean, var.
+    params: Vec<usize>,
+    in_len: usize,
+    out_len: usize,
+}
+
+/// Results of one step or an evaluation pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepStats {
+    /// Mean loss over the batch.
+    pub loss: f64,
+    /// Correctly classified samples.
+    pub correct: usize,
+    /// Samples.
+    pub count: usize,
+}
+
+/// Trains a checked model.
+pub struct Trainer {
+    name: String,
+    plan: Plan,
+    ops: Vec<TOp>,
+    loss: LossKind,
+    classes: usize,
+    /// Parameters and buffers, `state_dict` order.
+    tensors: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    trainable: Vec<usize>,
+    input: Vec<f32>,
+    outs: Vec<Vec<f32>>,
+    dbuf: [Vec<f32>; 2],
+    pool_idx: Vec<Vec<u32>>,
+    bn_mean: Vec<Vec<f32>>,
+    bn_inv_std: Vec<Vec<f32>>,
+    masks: Vec<Vec<u8>>,
+    scratch: Vec<f32>,
+    capacity: usize,
+    optimizer: Box<dyn Optimizer + Send>,
+    rng: DropoutRng,
+    pool: std::sync::Arc<rayon::ThreadPool>,
+    steps: u64,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("model", &self.name)
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Trainer {
+    /// A trainer with PyTorch's default initialisation from `seed`.
+    pub fn new(
+        model: &CheckedModel,
+        optimizer: Box<dyn Optimizer + Send>,
+        seed: u64,
+        threads: usize,
+    ) -> Result<Self, TrainError> {
+        let plan = cnn_dsl::plan::plan(model);
+        let w = init_weights(&plan, seed)?;
+        Self::with_weights(model, &w, optimizer, seed, threads)
+    }
+
+    /// A trainer starting from `weights` (checked against the model's `state_dict`).
+    pub fn with_weights(
+        model: &CheckedModel,
+        weights: &Weights,
+        optimizer: Box<dyn Optimizer + Send>,
+        seed: u64,
+        threads: usize,
+    ) -> Result<Self, TrainError> {
+        let plan = cnn_dsl::plan::plan(model);
+        let specs = param_specs(&plan);
+        let mut tensors = Vec::with_capacity(specs.len());
+        for s in &specs {
+            match weights.get(&s.name) {
+                Some(v) if Some(v.len()) == s.numel() => tensors.push(v.to_vec()),
+                Some(v) => {
+                    return Err(ExecError::Weights {
+                        name: s.name.clone(),
+                        problem: format!("has {} values, expected {:?}", v.len(), s.shape),
+                    }
+                    .into());
+                }
+                None => {
+                    return Err(ExecError::Weights {
+                        name: s.name.clone(),
+                        problem: "is missing".into(),
+                    }
+                    .into());
+                }
+            }
+        }
+        let unsupported = |reason: String| TrainError::Unsupported {
+            model: model.name().to_string(),
+            reason,
+        };
+        let index_of = |name: &str| plan.tensors.iter().position(|t| t.name == name);
+        let layers = model.layers();
+        let mut ops: Vec<TOp> = Vec::new();
+        let mut i = 0;
+        while i < layers.len() {
+            let l = &layers[i];
+            let params: Vec<usize> = l.tensors.iter().filter_map(|t| index_of(&t.name)).collect();
+            let in_len = l.input.iter().product::<u64>() as usize;
+            let out_len = l.output.iter().product::<u64>() as usize;
+            let mut fused = None;
+            if let (Op::Conv2d { .. }, Some(next)) = (&l.op, layers.get(i + 1)) {
+                match next.op {
+                    Op::Activation {
+                        act: Activation::Relu,
+                        ..
+                    } => fused = Some(Activation::Relu),
+                    Op::Activation {
+                        act: Activation::LeakyRelu(s),
+                        ..
+                    } if s > 0.0 => fused = Some(Activation::LeakyRelu(s)),
+                    _ => {}
+                }
+            }
+            if let Op::Softmax { inner, .. } = l.op {
+                if inner != 1 {
+                    return Err(unsupported(format!(
+                        "`{}` takes a softmax over a spatial tensor; training supports it over the features only",
+                        l.layer.path
+                    )));
+                }
+                if i + 1 != layers.len() {
+                    return Err(unsupported(format!(
+                        "`{}` (softmax) must be the last layer for training",
+                        l.layer.path
+                    )));
+                }
+            }
+            ops.push(TOp {
+                op: l.op.clone(),
+                fused,
+                params,
+                in_len,
+                out_len,
+            });
+            i += if fused.is_some() { 2 } else { 1 };
+        }
+        let loss = match layers.last().map(|l| &l.op) {
+            Some(Op::Softmax { log: true, .. }) => LossKind::Nll,
+            Some(Op::Softmax { log: false, .. }) => LossKind::ProbNll,
+            _ => LossKind::CrossEntropy,
+        };
+        let classes = plan.output_len();
+        if plan.output_shape.len() != 1 || classes < 2 {
+            return Err(unsupported(format!(
+                "classification needs an output of [classes] with at least 2 classes, but the model outputs {:?}",
+                plan.output_shape
+            )));
+        }
+        if ops.is_empty() {
+            return Err(unsupported("the model has no layers".into()));
+        }
+        let trainable: Vec<usize> = plan
+            .tensors
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.role.trainable())
+            .map(|(i, _)| i)
+            .collect();
+        let grads = plan
+            .tensors
+            .iter()
+            .map(|t| {
+                if t.role.trainable() {
+                    vec![0.0; t.numel()]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        let pool = std::sync::Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| ExecError::Threads {
+                    threads,
+                    message: e.to_string(),
+                })?,
+        );
+        let n = ops.len();
+        Ok(Trainer {
+            name: model.name().to_string(),
+            plan,
+            ops,
+            loss,
+            classes,
+            tensors,
+            grads,
+            trainable,
+            input: Vec::new(),
+            outs: (0..n).map(|_| Vec::new()).collect(),
+            dbuf: [Vec::new(), Vec::new()],
+            pool_idx: (0..n).map(|_| Vec::new()).collect(),
+            bn_mean: (0..n).map(|_| Vec::new()).collect(),
+            bn_inv_std: (0..n).map(|_| Vec::new()).collect(),
+            masks: (0..n).map(|_| Vec::new()).collect(),
+            scratch: Vec::new(),
+            capacity: 0,
+            optimizer,
+            rng: DropoutRng::new(seed ^ 0x5EED_D50F_0000_0001),
+            pool,
+            steps: 0,
+        })
+    }
+
+    /// The loss the trainer uses.
+    pub fn loss_kind(&self) -> LossKind {
+        self.loss
+    }
+
+    /// Output classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Values per input image.
+    pub fn input_len(&self) -> usize {
+        self.plan.input_len()
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// The optimizer (to set the learning rate per epoch, or read its state).
+    pub fn optimizer_mut(&mut self) -> &mut (dyn Optimizer + Send) {
+        &mut *self.optimizer
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &(dyn Optimizer + Send) {
+        &*self.optimizer
+    }
+
+    /// Dropout generator state (for checkpoints).
+    pub fn rng_state(&self) -> u64 {
+        self.rng.state()
+    }
+
+    /// Restores the step count and dropout generator after loading a checkpoint.
+    pub fn restore_counters(&mut self, steps: u64, rng_state: u64) {
+        self.steps = steps;
+        self.rng = DropoutRng::from_state(rng_state);
+    }
+
+    /// The current parameters and buffers as [`Weights`] (PyTorch `state_dict` names).
+    pub fn weights(&self) -> Result<Weights, TrainError> {
+        Ok(
+            Weights::new(&param_specs(&self.plan), self.tensors.clone())?
+                .with_metadata("model", self.name.clone()),
+        )
+    }
+
+    /// Bytes held for activations, gradients, saved state and scratch at the current capacity.
+    pub fn memory_bytes(&self) -> usize {
+        let f = |v: &[Vec<f32>]| v.iter().map(Vec::capacity).sum::<usize>() * 4;
+        f(&self.outs)
+            + f(&self.dbuf)
+            + f(&self.bn_mean)
+            + f(&self.bn_inv_std)
+            + f(&self.grads)
+            + (self.input.capacity() + self.scratch.capacity()) * 4
+            + self.pool_idx.iter().map(Vec::capacity).sum::<usize>() * 4
+            + self.masks.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    fn reserve(&mut self, batch: usize) {
+        if batch <= self.capacity {
+            return;
+        }
+        self.input.resize(self.plan.input_len() * batch, 0.0);
+        let mut dmax = self.plan.input_len();
+        let mut scratch = 0;
+        for (k, op) in self.ops.iter().enumerate() {
+            self.outs[k].resize(op.out_len * batch, 0.0);
+            dmax = dmax.max(op.out_len).max(op.in_len);
+            match &op.op {
+                Op::Pool2d {
+                    kind: PoolKind::Max,
+                    ..
+                } => self.pool_idx[k].resize(op.out_len * batch, 0),
+                Op::BatchNorm2d { channels, .. } => {
+                    self.bn_mean[k].resize(*channels, 0.0);
+                    self.bn_inv_std[k].resize(*channels, 0.0);
+                }
+                Op::Dropout { .. } => self.masks[k].resize(op.out_len * batch, 0),
+                Op::Conv2d { .. } => {
+                    if let Some(g) = conv_geom(&op.op) {
+                        let threads = self.pool.current_num_threads();
+                        scratch = scratch
+                            .max(grad::conv2d_backward_scratch_len(&g, batch))
+                            .max(kernels::conv2d_scratch_len(&g, batch, threads));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for d in &mut self.dbuf {
+            d.resize(dmax * batch, 0.0);
+        }
+        self.scratch.resize(scratch, 0.0);
+        self.capacity = batch;
+    }
+
+    fn check_batch(&self, images: &[f32], labels: &[usize]) -> Result<usize, TrainError> {
+        let batch = labels.len();
+        let per = self.plan.input_len();
+        if images.len() != batch * per || batch == 0 {
+            return Err(TrainError::BatchSize {
+                images: images.len(),
+                labels: labels.len(),
+                batch,
+                per_image: per,
+            });
+        }
+        if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| **l >= self.classes)
+        {
+            return Err(TrainError::Label {
+                index,
+                label,
+                classes: self.classes,
+            });
+        }
+        Ok(batch)
+    }
+
+    /// One optimizer step on a batch (`images` flat `[B, …input]`, `labels` `[B]`).
+    pub fn train_step(
+        &mut self,
+        images: &[f32],
+        labels: &[usize],
+    ) -> Result<StepStats, TrainError> {
+        let batch = self.check_batch(images, labels)?;
+        self.reserve(batch);
+        self.input[..images.len()].copy_from_slice(images);
+        let pool = std::sync::Arc::clone(&self.pool);
+        let result = pool.install(|| {
+            self.forward(batch, true);
+            let stats = self.loss_and_grad(batch, labels);
+            if !stats.loss.is_finite() {
+                return Err(TrainError::NonFinite {
+                    loss: stats.loss as f32,
+                    step: self.steps,
+                });
+            }
+            self.backward(batch);
+            Ok(stats)
+        });
+        let stats = result?;
+        let Trainer {
+            tensors,
+            grads,
+            trainable,
+            optimizer,
+            ..
+        } = self;
+        let mut params: Vec<&mut [f32]> = Vec::with_capacity(trainable.len());
+        let mut gs: Vec<&[f32]> = Vec::with_capacity(trainable.len());
+        for (i, (t, g)) in tensors.iter_mut().zip(grads.iter()).enumerate() {
+            if trainable.contains(&i) {
+                params.push(t);
+                gs.push(g);
+            }
+        }
+        self.pool.install(|| optimizer.step(&mut params, &gs));
+        // num_batches_tracked counts training forward passes, as in PyTorch.
+        for (t, spec) in self.tensors.iter_mut().zip(&self.plan.tensors) {
+            if spec.role == TensorRole::NumBatchesTracked {
+                if let Some(v) = t.first_mut() {
+                    *v += 1.0;
+                }
+            }
+        }
+        self.steps += 1;
+        Ok(stats)
+    }
+
+    /// The training-mode loss on a batch without a backward pass or an update (batch-norm
+    /// running statistics still move, as in a PyTorch forward in `train()` mode). For
+    /// finite-difference checks.
+    pub fn train_loss(&mut self, images: &[f32], labels: &[usize]) -> Result<f64, TrainError> {
+        let batch = self.check_batch(images, labels)?;
+        self.reserve(batch);
+        self.input[..images.len()].copy_from_slice(images);
+        let pool = std::sync::Arc::clone(&self.pool);
+        pool.install(|| self.forward(batch, true));
+        Ok(self.loss_and_grad(batch, labels).loss)
+    }
+
+    /// Mutable access to a parameter or buffer by `state_dict` name (for tests and surgery).
+    pub fn tensor_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let i = self.plan.tensors.iter().position(|t| t.name == name)?;
+        Some(&mut self.tensors[i])
+    }
+
+    /// Loss and accuracy on a batch in evaluation mode (running statistics, no dropout), and
+    /// the outputs (`[B, classes]`, flat).
+    pub fn evaluate(
+        &mut self,
+        images: &[f32],
+        labels: &[usize],
+    ) -> Result<(StepStats, &[f32]), TrainError> {
+        let batch = self.check_batch(images, labels)?;
+        self.reserve(batch);
+        self.input[..images.len()].copy_from_slice(images);
+        let pool = std::sync::Arc::clone(&self.pool);
+        pool.install(|| self.forward(batch, false));
+        let stats = self.loss_and_grad(batch, labels);
+        let last = self.ops.len() - 1;
+        Ok((stats, &self.outs[last][..self.classes * batch]))
+    }
+
+    fn forward(&mut self, batch: usize, train: bool) {
+        let Trainer {
+            ops,
+            tensors,
+            input,
+            outs,
+            pool_idx,
+            bn_mean,
+            bn_inv_std,
+            masks,
+            scratch,
+            rng,
+            ..
+        } = self;
+        for k in 0..ops.len() {
+            let op = &ops[k];
+            let (before, rest) = outs.split_at_mut(k);
+            let src: &[f32] = if k == 0 {
+                &input[..op.in_len * batch]
+            } else {
+                &before[k - 1][..op.in_len * batch]
+            };
+            let dst = &mut rest[0][..op.out_len * batch];
+            let p = |j: usize| &tensors[op.params[j]][..];
+            match &op.op {
+                Op::Conv2d { bias, .. } => {
+                    let g = conv_geom(&op.op).expect("conv op");
+                    let act = match op.fused {
+                        Some(Activation::Relu) => KAct::Relu,
+                        Some(Activation::LeakyRelu(s)) => KAct::LeakyRelu(s),
+                        _ => KAct::Identity,
+                    };
+                    kernels::conv2d_act(
+                        &g,
+                        batch,
+                        src,
+                        p(0),
+                        bias.then(|| p(1)),
+                        act,
+                        dst,
+                        scratch,
+                    );
+                }
+                Op::Pool2d { kind, .. } => {
+                    let g = pool_geom(&op.op).expect("pool op");
+                    match kind {
+                        PoolKind::Max if train => grad::max_pool2d_train_forward(
+                            &g,
+                            batch,
+                            src,
+                            dst,
+                            &mut pool_idx[k][..op.out_len * batch],
+                        ),
+                        PoolKind::Max => kernels::max_pool2d(&g, batch, src, dst),
+                        PoolKind::Avg => kernels::avg_pool2d(&g, batch, src, dst),
+                    }
+                }
+                &Op::AdaptiveAvgPool2d {
+                    channels,
+                    in_h,
+                    in_w,
+                    out_h,
+                    out_w,
+                } => {
+                    kernels::adaptive_avg_pool2d(
+                        &AdaptivePoolGeom {
+                            channels,
+                            in_h,
+                            in_w,
+                            out_h,
+                            out_w,
+                        },
+                        batch,
+                        src,
+                        dst,
+                    );
+                }
+                &Op::BatchNorm2d {
+                    channels,
+                    spatial,
+                    eps,
+                    momentum,
+                } => {
+                    let g = BatchNormGeom { channels, spatial };
+                    if train {
+                        let idx = [op.params[0], op.params[1], op.params[2], op.params[3]];
+                        let Ok([gamma, beta, mean, var]) = tensors.get_disjoint_mut(idx) else {
+                            unreachable!("batchnorm tensors are distinct")
+                        };
+                        grad::batch_norm2d_train_forward(
+                            &g,
+                            batch,
+                            src,
+                            gamma,
+                            beta,
+                            eps,
+                            momentum,
+                            mean,
+                            var,
+                            dst,
+                            &mut bn_mean[k],
+                            &mut bn_inv_std[k],
+                        );
+                    } else {
+                        dst.copy_from_slice(src);
+                        kernels::batch_norm2d_inplace(
+                            &g,
+                            batch,
+                            dst,
+                            &BatchNormParams {
+                                mean: p(2),
+                                var: p(3),
+                                gamma: Some(p(0)),
+                                beta: Some(p(1)),
+                                eps,
+                            },
+                        );
+                    }
+                }
+                Op::Activation { act, .. } => match *act {
+                    Activation::Relu => kernels::relu(src, dst),
+                    Activation::LeakyRelu(s) => kernels::leaky_relu(s, src, dst),
+                    Activation::Sigmoid => kernels::sigmoid(src, dst),
+                    Activation::Tanh => kernels::tanh(src, dst),
+                    Activation::Gelu => kernels::gelu(src, dst),
+                },
+                &Op::Dropout { p: rate, .. } => {
+                    if train {
+                        let mut next = || rng.next_u32();
+                        grad::dropout_train_forward(
+                            rate,
+                            src,
+                            &mut next,
+                            &mut masks[k][..op.out_len * batch],
+                            dst,
+                        );
+                    } else {
+                        dst.copy_from_slice(src);
+                    }
+                }
+                Op::Flatten { .. } => dst.copy_from_slice(src),
+                &Op::Linear {
+                    in_features,
+                    out_features,
+                    bias,
+                } => {
+                    kernels::linear(
+                        &LinearGeom {
+                            in_features,
+                            out_features,
+                        },
+                        batch,
+                        src,
+                        p(0),
+                        bias.then(|| p(1)),
+                        dst,
+                    );
+                }
+                &Op::Softmax {
+                    log, outer, axis, ..
+                } => {
+                    if log {
+                        kernels::log_softmax(batch * outer, axis, src, dst);
+                    } else {
+                        kernels::softmax(batch * outer, axis, src, dst);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Loss and its gradient (into `dbuf[0]`) from the last output.
+    fn loss_and_grad(&mut self, batch: usize, labels: &[usize]) -> StepStats {
+        let c = self.classes;
+        let last = self.ops.len() - 1;
+        let out = &self.outs[last][..c * batch];
+        let d = &mut self.dbuf[0][..c * batch];
+        let loss = match self.loss {
+            LossKind::CrossEntropy => grad::softmax_cross_entropy(out, labels, c, d),
+            LossKind::Nll => grad::nll_loss(out, labels, c, d),
+            LossKind::ProbNll => {
+                let mut total = 0.0f64;
+                d.fill(0.0);
+                for (n, &y) in labels.iter().enumerate() {
+                    let p = f64::from(out[n * c + y]).max(1e-30);
+                    total -= p.ln();
+                    d[n * c + y] = (-1.0 / (p * batch as f64)) as f32;
+                }
+                (total / batch as f64) as f32
+            }
+        };
+        let correct = out
+            .chunks_exact(c)
+            .zip(labels)
+            .filter(|(row, y)| {
+                row.iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    == Some(**y)
+            })
+            .count();
+        StepStats {
+            loss: f64::from(loss),
+            correct,
+            count: batch,
+        }
+    }
+
+    fn backward(&mut self, batch: usize) {
+        let Trainer {
+            ops,
+            tensors,
+            grads,
+            input,
+            outs,
+            dbuf,
+            pool_idx,
+            bn_mean,
+            bn_inv_std,
+            masks,
+            scratch,
+            ..
+        } = self;
+        let [da, db] = dbuf;
+        let (mut cur, mut next) = (da, db);
+        for k in (0..ops.len()).rev() {
+            let op = &ops[k];
+            let src: &[f32] = if k == 0 {
+                &input[..op.in_len * batch]
+            } else {
+                &outs[k - 1][..op.in_len * batch]
+            };
+            let out = &outs[k][..op.out_len * batch];
+            let d_out = &mut cur[..op.out_len * batch];
+            match op.fused {
+                Some(Activation::Relu) => grad::relu_backward_inplace(out, d_out),
+                Some(Activation::LeakyRelu(s)) => grad::leaky_relu_backward_inplace(out, s, d_out),
+                _ => {}
+            }
+            let d_out: &[f32] = d_out;
+            let need_dx = k > 0;
+            let d_in = &mut next[..op.in_len * batch];
+            match &op.op {
+                Op::Conv2d { bias, .. } => {
+                    let g = conv_geom(&op.op).expect("conv op");
+                    let (w, b) = (op.params[0], op.params.get(1).copied());
+                    let (gw, gb) = split_two(grads, w, b.filter(|_| *bias));
+                    grad::conv2d_backward(
+                        &g,
+                        batch,
+                        src,
+                        &tensors[w],
+                        d_out,
+                        need_dx.then_some(d_in),
+                        gw,
+                        gb,
+                        scratch,
+                    );
+                }
+                &Op::Linear {
+                    in_features,
+                    out_features,
+                    bias,
+                } => {
+                    let (w, b) = (op.params[0], op.params.get(1).copied());
+                    let (gw, gb) = split_two(grads, w, b.filter(|_| bias));
+                    grad::linear_backward(
+                        &LinearGeom {
+                            in_features,
+                            out_features,
+                        },
+                        batch,
+                        src,
+                        &tensors[w],
+                        d_out,
+                        need_dx.then_some(d_in),
+                        gw,
+                        gb,
+                    );
+                }
+                Op::Pool2d { kind, .. } => {
+                    if need_dx {
+                        let g = pool_geom(&op.op).expect("pool op");
+                        match kind {
+                            PoolKind::Max => grad::max_pool2d_backward(
+                                &g,
+                                batch,
+                                &pool_idx[k][..op.out_len * batch],
+                                d_out,
+                                d_in,
+                            ),
+                            PoolKind::Avg => grad::avg_pool2d_backward(&g, batch, d_out, d_in),
+                        }
+                    }
+                }
+                &Op::AdaptiveAvgPool2d {
+                    channels,
+                    in_h,
+                    in_w,
+                    out_h,
+                    out_w,
+                } => {
+                    if need_dx {
+                        grad::adaptive_avg_pool2d_backward(
+                            &AdaptivePoolGeom {
+                                channels,
+                                in_h,
+                                in_w,
+                                out_h,
+                                out_w,
+                            },
+                            batch,
+                            d_out,
+                            d_in,
+                        );
+                    }
+                }
+                &Op::BatchNorm2d {
+                    channels, spatial, ..
+                } => {
+                    let (w, b) = (op.params[0], op.params[1]);
+                    let (gw, gb) = split_two(grads, w, Some(b));
+                    let gb = gb.expect("batchnorm bias gradient");
+                    grad::batch_norm2d_backward(
+                        &BatchNormGeom { channels, spatial },
+                        batch,
+                        src,
+                        &tensors[w],
+                        &bn_mean[k],
+                        &bn_inv_std[k],
+                        d_out,
+                        need_dx.then_some(d_in),
+                        gw,
+                        gb,
+                    );
+                }
+                Op::Activation { act, .. } => {
+                    if need_dx {
+                        match *act {
+                            Activation::Relu => grad::relu_backward(src, d_out, d_in),
+                            Activation::LeakyRelu(s) => {
+                                grad::leaky_relu_backward(src, s, d_out, d_in)
+                            }
+                            Activation::Sigmoid => grad::sigmoid_backward(out, d_out, d_in),
+                            Activation::Tanh => grad::tanh_backward(out, d_out, d_in),
+                            Activation::Gelu => grad::gelu_backward(src, d_out, d_in),
+                        }
+                    }
+                }
+                &Op::Dropout { p, .. } => {
+                    if need_dx {
+                        grad::dropout_backward(p, &masks[k][..op.out_len * batch], d_out, d_in);
+                    }
+                }
+                Op::Flatten { .. } => {
+                    if need_dx {
+                        d_in.copy_from_slice(d_out);
+                    }
+                }
+                &Op::Softmax { log, axis, .. } => {
+                    if need_dx {
+                        if log {
+                            grad::log_softmax_backward(out, d_out, axis, d_in);
+                        } else {
+                            grad::softmax_backward(out, d_out, axis, d_in);
+                        }
+                    }
+                }
+            }
+            std::mem::swap(&mut cur, &mut next);
+        }
+    }
+
+    /// Gradients of the last step, `state_dict` order (empty for buffers). For tests and
+    /// gradient inspection.
+    pub fn gradients(&self) -> Vec<(&str, &[f32])> {
+        self.plan
+            .tensors
+            .iter()
+            .zip(&self.grads)
+            .map(|(t, g)| (t.name.as_str(), &g[..]))
+            .collect()
+    }
+}
+
+/// Two distinct mutable gradient slices (`b` may be absent).
+fn split_two(
+    grads: &mut [Vec<f32>],
+    a: usize,
+    b: Option<usize>,
+) -> (&mut [f32], Option<&mut [f32]>) {
+    match b {
+        Some(b) if b > a => {
+            let (lo, hi) = grads.split_at_mut(b);
+            (&mut lo[a], Some(&mut hi[0]))
+        }
+        Some(b) if b < a => {
+            let (lo, hi) = grads.split_at_mut(a);
+            (&mut hi[0], Some(&mut lo[b]))
+        }
+        _ => (&mut grads[a], None),
+    }
+}

@@ -1,0 +1,160 @@
+//! Training against references: one SGD step of the seed model equals an independent float64
+//! numpy computation (tests/golden/make_seed_step.py); whole-model gradients equal finite
+//! differences; training is deterministic and its memory does not grow.
+
+use cnn::dsl::{CheckedModel, SourceMap, compile_source};
+use cnn::runtime::exec::param_specs;
+use cnn::runtime::optim::{Adam, Sgd};
+use cnn::runtime::train::Trainer;
+use cnn::runtime::{io, weights};
+use std::path::Path;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model(name: &str, text: &str) -> CheckedModel {
+    compile_source(&mut SourceMap::new(), name, text).unwrap_or_else(|d| panic!("{d:?}"))
+}
+
+fn seed() -> CheckedModel {
+    model(
+        "seed.yaml",
+        &std::fs::read_to_string(root().join("examples/models/seed.yaml")).unwrap(),
+    )
+}
+
+#[test]
+fn one_sgd_step_of_the_seed_model_matches_numpy() {
+    let m = seed();
+    let p = cnn::dsl::plan::plan(&m);
+    let w = weights::load(
+        &root().join("tests/golden/seed_weights.safetensors"),
+        &param_specs(&p),
+    )
+    .unwrap();
+    let want = weights::load(
+        &root().join("tests/golden/seed_step_weights.safetensors"),
+        &param_specs(&p),
+    )
+    .unwrap();
+    let x = io::read_npy(&root().join("tests/golden/seed_input.npy")).unwrap();
+    let labels: Vec<usize> = io::read_npy(&root().join("tests/golden/seed_labels.npy"))
+        .unwrap()
+        .iter()
+        .map(|v| *v as usize)
+        .collect();
+    let want_loss = std::fs::read(root().join("tests/golden/seed_step_loss.npy")).unwrap();
+    let want_loss = f64::from_le_bytes(want_loss[want_loss.len() - 8..].try_into().unwrap());
+    for threads in [1, 2] {
+        let mut t = Trainer::with_weights(&m, &w, Box::new(Sgd::new(0.1)), 0, threads).unwrap();
+        let stats = t.train_step(x.as_slice().unwrap(), &labels).unwrap();
+        assert!(
+            (stats.loss - want_loss).abs() <= 1e-5 * want_loss,
+            "loss {} vs {want_loss}",
+            stats.loss
+        );
+        let got = t.weights().unwrap();
+        for (spec, v) in want.iter() {
+            let g = got.get(&spec.name).unwrap();
+            let d = g
+                .iter()
+                .zip(v)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(d <= 2e-6, "{}: max |Δ| {d} ({threads} threads)", spec.name);
+        }
+    }
+}
+
+/// A model with every trainable layer kind: conv (strided, grouped), batch norm, all
+/// activations, both poolings, adaptive pooling, linear and a final log_softmax.
+const ZOO: &str = "model Zoo(input = [2, 9, 9]) {
+    conv2d(2, 4, 3, stride = 2, padding = 1), batchnorm2d, leaky_relu(0.1),
+    conv2d(4, 4, 3, padding = 1, groups = 2), tanh,
+    maxpool2d(2, stride = 1), sigmoid,
+    conv2d(4, 6, kernel_size = [2, 3], dilation = [1, 2], padding = [1, 2]), gelu,
+    avgpool2d(2, ceil_mode = true, count_include_pad = false),
+    adaptive_avgpool2d([2, 2]), flatten, linear(out_features = 5), relu, linear(out_features = 3), log_softmax,
+}";
+
+#[test]
+fn whole_model_gradients_match_finite_differences() {
+    let m = model("zoo.cnn", ZOO);
+    let mut t = Trainer::new(&m, Box::new(Sgd::new(0.0)), 11, 1).unwrap();
+    let n = 4;
+    let mut rng = cnn::runtime::init::Rng::seed_from_u64(3);
+    let x: Vec<f32> = (0..n * 2 * 81).map(|_| rng.normal_f32()).collect();
+    let labels = vec![0, 2, 1, 2];
+    t.train_step(&x, &labels).unwrap(); // lr 0: computes gradients, weights unchanged
+    let grads: Vec<(String, Vec<f32>)> = t
+        .gradients()
+        .into_iter()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(n, g)| (n.to_string(), g.to_vec()))
+        .collect();
+    assert_eq!(
+        grads.len(),
+        12,
+        "4 conv/linear weights+biases, batchnorm weight+bias"
+    );
+    let h = 1e-2f32;
+    for (name, g) in &grads {
+        for i in (0..g.len()).step_by((g.len() / 6).max(1)) {
+            let orig = t.tensor_mut(name).unwrap()[i];
+            t.tensor_mut(name).unwrap()[i] = orig + h;
+            let lp = t.train_loss(&x, &labels).unwrap();
+            t.tensor_mut(name).unwrap()[i] = orig - h;
+            let lm = t.train_loss(&x, &labels).unwrap();
+            t.tensor_mut(name).unwrap()[i] = orig;
+            let fd = (lp - lm) / (2.0 * f64::from(h));
+            let an = f64::from(g[i]);
+            assert!(
+                (fd - an).abs() <= 2e-3 + 2e-2 * an.abs(),
+                "{name}[{i}]: analytic {an}, finite difference {fd}"
+            );
+        }
+    }
+}
+
+#[test]
+fn training_is_deterministic_and_memory_is_bounded() {
+    let m = seed();
+    let mut rng = cnn::runtime::init::Rng::seed_from_u64(5);
+    let x: Vec<f32> = (0..16 * 784).map(|_| rng.uniform_f32()).collect();
+    let labels: Vec<usize> = (0..16).map(|i| i % 10).collect();
+    let run = |threads| {
+        let mut t = Trainer::new(&m, Box::new(Adam::new().with_lr(1e-3)), 42, threads).unwrap();
+        let mut mem = Vec::new();
+        for _ in 0..4 {
+            t.train_step(&x, &labels).unwrap();
+            t.train_step(&x[..8 * 784], &labels[..8]).unwrap();
+            mem.push(t.memory_bytes());
+        }
+        assert!(mem.windows(2).all(|w| w[0] == w[1]), "memory grew: {mem:?}");
+        t.weights().unwrap()
+    };
+    let a = run(2);
+    let b = run(2);
+    assert_eq!(a, b, "same seed and threads, same weights");
+    let c = run(1);
+    assert_eq!(a, c, "the kernels do not depend on the thread count");
+}
+
+#[test]
+fn bad_batches_are_errors() {
+    let m = seed();
+    let mut t = Trainer::new(&m, Box::new(Sgd::new(0.1)), 1, 1).unwrap();
+    assert!(
+        t.train_step(&[0.0; 784], &[10])
+            .unwrap_err()
+            .to_string()
+            .contains("label 10")
+    );
+    assert!(t.train_step(&[0.0; 700], &[1]).is_err());
+    let mut t = Trainer::new(&m, Box::new(Sgd::new(1e30)), 1, 1).unwrap();
+    let x = vec![1.0f32; 784 * 2];
+    let r1 = t.train_step(&x, &[1, 2]);
+    let r2 = t.train_step(&x, &[1, 2]);
+    assert!(r1.is_err() || r2.is_err(), "a diverging loss is reported");
+}
