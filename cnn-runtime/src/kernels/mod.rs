@@ -17,7 +17,7 @@
 //!   `ThreadPool::install`). Results do not depend on the number of threads: every output value
 //!   is computed by one piece of work in a fixed order.
 //! - Semantics follow PyTorch; each function's doc names the operation it mirrors.
-//! - [`reference`] holds a naive, obviously correct version of every kernel (accumulating in
+//! - [`reference`](mod@reference) holds a naive, obviously correct version of every kernel (accumulating in
 //!   `f64`); the tests compare the fast kernels against it.
 //!
 //! The convolution has an AVX-512 path (chosen at run time with `is_x86_feature_detected!`)
