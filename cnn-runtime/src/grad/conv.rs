@@ -979,6 +979,51 @@ mod tests {
         }
     }
 
+    /// Several GEMM chunks per slot, the last one short, on both input-gradient paths.
+    #[test]
+    fn multi_chunk_slots_match_reference() {
+        for (cout, transposed) in [(8, true), (32, false)] {
+            let g = geom(32, cout, 1, (10, 10), (5, 5), (1, 1), (2, 2), (1, 1));
+            let batch = 27;
+            let pl = plan(&g, batch);
+            assert_eq!(
+                (pl.imgs_per_slot, pl.chunk, pl.transposed),
+                (4, 2, transposed)
+            );
+            let mut rng = Rng::new(cout as u64);
+            let x = rng.vec(batch * g.in_len(), -1.0, 1.0);
+            let w = rng.vec(g.weight_len(), -0.2, 0.2);
+            let r = rng.vec(batch * g.out_len(), -1.0, 1.0);
+            let mut got = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; cout]);
+            let mut want = got.clone();
+            let mut scratch = vec![f32::NAN; conv2d_backward_scratch_len(&g, batch)];
+            conv2d_backward(
+                &g,
+                batch,
+                &x,
+                &w,
+                &r,
+                Some(&mut got.0),
+                &mut got.1,
+                Some(&mut got.2),
+                &mut scratch,
+            );
+            conv2d_backward_reference(
+                &g,
+                batch,
+                &x,
+                &w,
+                &r,
+                Some(&mut want.0),
+                &mut want.1,
+                Some(&mut want.2),
+            );
+            assert_close("d_input", &got.0, &to_f64(&want.0), 1e-4, 1e-4);
+            assert_close("d_weight", &got.1, &to_f64(&want.1), 2e-3, 1e-4);
+            assert_close("d_bias", &got.2, &to_f64(&want.2), 2e-3, 1e-4);
+        }
+    }
+
     #[test]
     fn bit_identical_for_any_thread_count() {
         let g = geom(8, 16, 1, (14, 14), (5, 5), (1, 1), (2, 2), (1, 1));
