@@ -10,8 +10,12 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use cnn_runtime::geom::Conv2dGeom;
-use cnn_runtime::grad::{conv2d_backward, conv2d_backward_reference, conv2d_backward_scratch_len};
+use cnn_runtime::geom::{Conv2dGeom, LinearGeom, Pool2dGeom};
+use cnn_runtime::grad::{
+    conv2d_backward, conv2d_backward_reference, conv2d_backward_scratch_len, linear_backward,
+    max_pool2d_backward, max_pool2d_train_forward, relu_backward_inplace, softmax_cross_entropy,
+};
+use cnn_runtime::optim::{Optimizer, Sgd};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const BATCH: usize = 64;
@@ -206,6 +210,240 @@ fn table() {
         all as f64 / total2.as_secs_f64() / 1e9,
         BATCH as f64 / total2.as_secs_f64(),
     );
+    seed_table(&p1, &p2);
+}
+
+fn fill(n: usize, k: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            ((i as u32)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(k.wrapping_mul(40_503))
+                >> 8) as f32
+                / (1 << 24) as f32
+                - 0.5
+        })
+        .collect()
+}
+
+fn pool2(c: usize, hw: usize) -> Pool2dGeom {
+    Pool2dGeom {
+        channels: c,
+        in_h: hw,
+        in_w: hw,
+        out_h: hw / 2,
+        out_w: hw / 2,
+        kernel_h: 2,
+        kernel_w: 2,
+        stride_h: 2,
+        stride_w: 2,
+        pad_h: 0,
+        pad_w: 0,
+        dilation_h: 1,
+        dilation_w: 1,
+        count_include_pad: true,
+    }
+}
+
+/// Everything the seed model's backward pass and SGD update touch, for batch 64. Activations
+/// are arbitrary numbers (the work does not depend on them).
+struct Seed {
+    convs: [(Conv2dGeom, Vec<f32>, Vec<f32>, Vec<f32>); 4], // geometry, weight, d_weight, d_bias
+    biases: [Vec<f32>; 4],
+    scratch: Vec<f32>,
+    x0: Vec<f32>,
+    a: [Vec<f32>; 4], // post-ReLU conv outputs (ReLU masks)
+    p1: Vec<f32>,
+    p3: Vec<f32>,
+    idx1: Vec<u32>,
+    idx3: Vec<u32>,
+    lin_w: Vec<f32>,
+    lin_b: Vec<f32>,
+    d_lin_w: Vec<f32>,
+    d_lin_b: Vec<f32>,
+    logits: Vec<f32>,
+    labels: Vec<u8>,
+    d_logits: Vec<f32>,
+    g: [Vec<f32>; 4], // gradients w.r.t. the conv outputs
+    d_p1: Vec<f32>,
+    d_p3: Vec<f32>,
+    opt: Sgd,
+}
+
+impl Seed {
+    fn new() -> Self {
+        let geoms = [
+            conv(1, 16, 28),
+            conv(16, 32, 14),
+            conv(32, 32, 14),
+            conv(32, 64, 7),
+        ];
+        let scratch = geoms
+            .iter()
+            .map(|g| conv2d_backward_scratch_len(g, BATCH))
+            .max()
+            .unwrap_or(0);
+        let convs = geoms.map(|g| {
+            (
+                g,
+                fill(g.weight_len(), 7),
+                vec![0.0; g.weight_len()],
+                vec![0.0; g.out_channels],
+            )
+        });
+        let a = geoms.map(|g| fill(BATCH * g.out_len(), 11));
+        let (q1, q3) = (pool2(16, 28), pool2(32, 14));
+        let (mut p1, mut p3) = (
+            vec![0.0; BATCH * q1.out_len()],
+            vec![0.0; BATCH * q3.out_len()],
+        );
+        let (mut idx1, mut idx3) = (vec![0; p1.len()], vec![0; p3.len()]);
+        max_pool2d_train_forward(&q1, BATCH, &a[0], &mut p1, &mut idx1);
+        max_pool2d_train_forward(&q3, BATCH, &a[2], &mut p3, &mut idx3);
+        Self {
+            biases: geoms.map(|g| vec![0.0; g.out_channels]),
+            g: geoms.map(|g| vec![0.0; BATCH * g.out_len()]),
+            convs,
+            scratch: vec![0.0; scratch],
+            x0: fill(BATCH * 784, 1),
+            a,
+            d_p1: vec![0.0; p1.len()],
+            d_p3: vec![0.0; p3.len()],
+            p1,
+            p3,
+            idx1,
+            idx3,
+            lin_w: fill(10 * 3136, 5),
+            lin_b: vec![0.0; 10],
+            d_lin_w: vec![0.0; 10 * 3136],
+            d_lin_b: vec![0.0; 10],
+            logits: fill(BATCH * 10, 9),
+            labels: (0..BATCH as u8).map(|i| i % 10).collect(),
+            d_logits: vec![0.0; BATCH * 10],
+            opt: Sgd::new(0.01).momentum(0.9),
+        }
+    }
+
+    /// Loss gradient, backward through every layer, then one SGD-with-momentum step.
+    fn backward_and_step(&mut self) {
+        black_box(softmax_cross_entropy(
+            &self.logits,
+            &self.labels,
+            10,
+            &mut self.d_logits,
+        ));
+        let lin = LinearGeom {
+            in_features: 3136,
+            out_features: 10,
+        };
+        let [g1, g2, g3, g4] = &mut self.g;
+        linear_backward(
+            &lin,
+            BATCH,
+            &self.a[3],
+            &self.lin_w,
+            &self.d_logits,
+            Some(g4),
+            &mut self.d_lin_w,
+            Some(&mut self.d_lin_b),
+        );
+        relu_backward_inplace(&self.a[3], g4);
+        let [c1, c2, c3, c4] = &mut self.convs;
+        let sc = &mut self.scratch;
+        conv2d_backward(
+            &c4.0,
+            BATCH,
+            &self.p3,
+            &c4.1,
+            g4,
+            Some(&mut self.d_p3),
+            &mut c4.2,
+            Some(&mut c4.3),
+            sc,
+        );
+        max_pool2d_backward(&pool2(32, 14), BATCH, &self.idx3, &self.d_p3, g3);
+        relu_backward_inplace(&self.a[2], g3);
+        conv2d_backward(
+            &c3.0,
+            BATCH,
+            &self.a[1],
+            &c3.1,
+            g3,
+            Some(&mut *g2),
+            &mut c3.2,
+            Some(&mut c3.3),
+            sc,
+        );
+        relu_backward_inplace(&self.a[1], g2);
+        conv2d_backward(
+            &c2.0,
+            BATCH,
+            &self.p1,
+            &c2.1,
+            g2,
+            Some(&mut self.d_p1),
+            &mut c2.2,
+            Some(&mut c2.3),
+            sc,
+        );
+        max_pool2d_backward(&pool2(16, 28), BATCH, &self.idx1, &self.d_p1, g1);
+        relu_backward_inplace(&self.a[0], g1);
+        conv2d_backward(
+            &c1.0,
+            BATCH,
+            &self.x0,
+            &c1.1,
+            g1,
+            None,
+            &mut c1.2,
+            Some(&mut c1.3),
+            sc,
+        );
+        let [b1, b2, b3, b4] = &mut self.biases;
+        let mut params: Vec<&mut [f32]> = vec![
+            &mut c1.1,
+            b1,
+            &mut c2.1,
+            b2,
+            &mut c3.1,
+            b3,
+            &mut c4.1,
+            b4,
+            &mut self.lin_w,
+            &mut self.lin_b,
+        ];
+        let grads: Vec<&[f32]> = vec![
+            &c1.2,
+            &c1.3,
+            &c2.2,
+            &c2.3,
+            &c3.2,
+            &c3.3,
+            &c4.2,
+            &c4.3,
+            &self.d_lin_w,
+            &self.d_lin_b,
+        ];
+        self.opt.step(&mut params, &grads);
+    }
+}
+
+fn seed_table(p1: &rayon::ThreadPool, p2: &rayon::ThreadPool) {
+    let mut s = Seed::new();
+    let t1 = mean_cpu_1thread(p1, || s.backward_and_step(), 20);
+    let (c0, w0) = (process_cpu(), Instant::now());
+    let t2 = p2.install(|| median_time(|| s.backward_and_step(), 15));
+    let busy = match (c0, process_cpu()) {
+        (Some(a), Some(b)) => (b - a).as_secs_f64() / w0.elapsed().as_secs_f64(),
+        _ => f64::NAN,
+    };
+    println!(
+        "seed model backward + SGD step, batch {BATCH}: {:.3} ms CPU on 1 thread ({:.0} img/s), {:.3} ms wall on 2 threads ({:.0} img/s, cores busy {busy:.2})",
+        t1.as_secs_f64() * 1e3,
+        BATCH as f64 / t1.as_secs_f64(),
+        t2.as_secs_f64() * 1e3,
+        BATCH as f64 / t2.as_secs_f64(),
+    );
 }
 
 fn bench(c: &mut Criterion) {
@@ -217,6 +455,11 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Elements(flops(&g, dx)));
         group.bench_function(name, |b| b.iter(|| d.fast(&g, dx)));
     }
+    let mut s = Seed::new();
+    group.throughput(Throughput::Elements(BATCH as u64));
+    group.bench_function("seed_backward_and_sgd_step_img", |b| {
+        b.iter(|| s.backward_and_step())
+    });
     group.finish();
 }
 
