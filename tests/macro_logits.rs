@@ -55,7 +55,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// `cnnc run` on the golden weights and input.
 fn cnnc_run_logits() -> Vec<f32> {
     let out = std::env::temp_dir().join(format!("cnn-macro-logits-{}.npy", std::process::id()));
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_cnnc"))
         .current_dir(root())
         .args(["run", "examples/models/seed.yaml"])
         .args(["--weights", "tests/golden/seed_weights.safetensors"])
@@ -63,9 +63,13 @@ fn cnnc_run_logits() -> Vec<f32> {
         .arg("--output")
         .arg(&out)
         .env("NO_COLOR", "1")
-        .status()
+        .output()
         .expect("cnnc runs");
-    assert!(status.success(), "cnnc run failed: {status}");
+    assert!(
+        run.status.success(),
+        "cnnc run failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let logits = cnn::runtime::io::read_npy(&out).expect("cnnc wrote logits");
     let _ = std::fs::remove_file(&out);
     logits.iter().copied().collect()

@@ -221,7 +221,7 @@ fn expand_inline(input: TokenStream) -> Expansion {
             .and_then(|l| tt.covering(l.span.lo as usize, l.span.hi as usize))
             .or(whole)
             .unwrap_or((Span::call_site(), Span::call_site()));
-        error_between(first, last, &message(d, sources, None))
+        error_between(first, last, &message(d, sources, false))
     };
     let mut sources = SourceMap::new();
     match front_end(&mut sources, INLINE_NAME, &tt.text, Syntax::Dsl) {
@@ -276,20 +276,17 @@ fn front_end(
 }
 
 /// The message of one diagnostic, laid out like rustc's: the message, then `= note:` and
-/// `= help:` lines. `location` (for included files) adds `file:line:col` and the rendered
+/// `= help:` lines. `with_snippet` (for included files) adds the `--> file:line:col` and the rendered
 /// snippet, since rustc can only underline the path literal.
-fn message(d: &Diagnostic, sources: &SourceMap, location: Option<&str>) -> String {
+fn message(d: &Diagnostic, sources: &SourceMap, with_snippet: bool) -> String {
     const INDENT: &str = "\n        ";
     let mut m = d.message.clone();
-    if let Some(file) = location {
-        m = format!(
-            "{}: {m}",
-            d.location(sources)
-                .map_or_else(|| file.to_string(), |(f, l, c)| format!("{f}:{l}:{c}"))
-        );
-        m.push_str("\n\n");
-        m.push_str(d.render(sources, false).trim_end());
+    if with_snippet {
+        // The rendered snippet without its title line (which repeats the message).
+        let rendered = d.render(sources, false);
+        let body = rendered.split_once('\n').map_or("", |(_, rest)| rest);
         m.push('\n');
+        m.push_str(body.trim_end());
     } else {
         if let Some(label) = &d.primary {
             if !label.text.is_empty() && !d.message.contains(&label.text) {
@@ -457,16 +454,15 @@ fn expand_include(tokens: &[TokenTree], base: &Path) -> Expansion {
         ),
         None => TokenStream::new(),
     };
+    let display = display_name(&path, &written);
     let mut sources = SourceMap::new();
-    let mut out = match front_end(&mut sources, &written, &text, syntax) {
+    let mut out = match front_end(&mut sources, &display, &text, syntax) {
         Ok((model, _)) => {
             let name = rust_ident(model.name());
-            generate(&model, &written, name, lit.span())
+            generate(&model, &display, name, lit.span())
         }
         Err((name, diags)) => {
-            let errors = diags
-                .iter()
-                .map(|d| at(message(d, &sources, Some(&written))));
+            let errors = diags.iter().map(|d| at(message(d, &sources, true)));
             let errors = combine(errors)
                 .unwrap_or_else(|| at(format!("`{written}`: the spec could not be read")));
             Expansion::failed(name.as_deref().and_then(rust_ident), errors)
@@ -474,6 +470,32 @@ fn expand_include(tokens: &[TokenTree], base: &Path) -> Expansion {
     };
     out.always = always;
     out
+}
+
+/// How an included file is named in messages: relative to the working directory (the
+/// workspace root, where rustc runs, so terminals can open it) when it lies below it, else as
+/// written in the macro call.
+fn display_name(path: &Path, written: &str) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .and_then(|rel| rel.to_str().map(normalize))
+        .unwrap_or_else(|| written.to_string())
+}
+
+/// Drops `.` and resolves `..` lexically (`examples/./models/../models/x` → `examples/models/x`).
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            _ => parts.push(part),
+        }
+    }
+    parts.join("/")
 }
 
 #[cfg(test)]
@@ -611,7 +633,8 @@ mod tests {
         assert_eq!(errs.len(), 1);
         assert_eq!(underlined(&errs[0]), r#""models/bug.yaml""#);
         let msg = errs[0].to_string();
-        assert!(msg.starts_with("models/bug.yaml:21:39: "), "{msg}");
+        assert!(msg.starts_with("`out` (linear) expects 1568"), "{msg}");
+        assert!(msg.contains("--> models/bug.yaml:21:39\n"), "{msg}");
         assert!(msg.contains("^^^^^^ declared 32×7×7 = 1568"), "{msg}");
         let out = e.into_tokens().to_string();
         assert!(
@@ -643,6 +666,18 @@ mod tests {
             assert!(out.contains("compile_error"), "{bad}: {out}");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn included_files_are_named_relative_to_the_working_directory() {
+        let cwd = std::env::current_dir().unwrap();
+        let p = cwd.join("tests/ui/fail/../../../examples/models/seed.yaml");
+        assert_eq!(display_name(&p, "w.yaml"), "examples/models/seed.yaml");
+        assert_eq!(
+            display_name(Path::new("/elsewhere/x.yaml"), "../x.yaml"),
+            "../x.yaml"
+        );
+        assert_eq!(normalize("./a/../../b/./c"), "../b/c");
     }
 
     #[test]
