@@ -245,10 +245,13 @@ fn pool2(c: usize, hw: usize) -> Pool2dGeom {
     }
 }
 
+/// A conv layer's geometry, weight, weight gradient and bias gradient.
+type ConvParams = (Conv2dGeom, Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// Everything the seed model's backward pass and SGD update touch, for batch 64. Activations
 /// are arbitrary numbers (the work does not depend on them).
 struct Seed {
-    convs: [(Conv2dGeom, Vec<f32>, Vec<f32>, Vec<f32>); 4], // geometry, weight, d_weight, d_bias
+    convs: [ConvParams; 4],
     biases: [Vec<f32>; 4],
     scratch: Vec<f32>,
     x0: Vec<f32>,
