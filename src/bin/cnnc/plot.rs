@@ -492,8 +492,9 @@ fn draw_panel<DB: DrawingBackend>(
         .flat_map(|(t, v)| t.iter().chain(v))
         .map(Vec::as_slice);
     let (lo, hi) = y_range(all, min_span, default_hi);
-    // Enough decimals to tell about 8 ticks apart.
-    let decimals = (-((hi - lo) / 8.0).log10()).ceil().clamp(0.0, 6.0) as usize;
+    // Enough decimals to tell ticks apart (plotters puts them about a fifth of the range apart
+    // or closer).
+    let decimals = (-((hi - lo) / 5.0).log10()).ceil().clamp(0.0, 6.0) as usize;
     let x_range = EpochAxis { n: n_epochs };
     let mut chart = ChartBuilder::on(area)
         .caption(caption, text_style(17.0))
@@ -523,8 +524,8 @@ fn draw_panel<DB: DrawingBackend>(
         for seg in train {
             if let [p] = seg.as_slice() {
                 chart.draw_series([
-                    Circle::new(*p, 5, WHITE.filled()),
-                    Circle::new(*p, 5, color.stroke_width(2)),
+                    Circle::new(*p, 6, WHITE.filled()),
+                    Circle::new(*p, 6, color.stroke_width(2)),
                 ])?;
             } else {
                 chart.draw_series(DashedLineSeries::new(
