@@ -54,7 +54,8 @@ activation_backward!(
 
 activation_backward!(
     /// Backward of LeakyReLU from the forward's **input**: `d_out` where `x > 0`, else
-    /// `d_out · negative_slope` (PyTorch `leaky_relu_backward`).
+    /// `d_out · negative_slope` (PyTorch `leaky_relu_backward`). The output works too when
+    /// `negative_slope > 0` (it has the input's sign).
     leaky_relu_backward, leaky_relu_backward_inplace,
     |x, g, negative_slope: f32| if x > 0.0 { g } else { g * negative_slope }
 );
