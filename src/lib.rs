@@ -18,7 +18,9 @@ pub mod __private {
     };
     pub use cnn_runtime::kernels;
     pub use cnn_runtime::kernels::{Activation as KernelActivation, PackedConv};
+    pub use cnn_runtime::optim::Optimizer;
     pub use cnn_runtime::support::*;
+    pub use cnn_runtime::train::Trainer;
     pub use cnn_runtime::weights::{ParamKind, ParamSpec, Weights};
     pub use ndarray;
 }

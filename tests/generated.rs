@@ -69,12 +69,15 @@ fn generated_source_snapshot() {
         &std::fs::read_to_string(root().join("examples/models/seed.yaml")).unwrap(),
     )
     .unwrap();
-    let src = codegen::source(
+    let text = std::fs::read_to_string(root().join("examples/models/seed.yaml")).unwrap();
+    let src = codegen::source_with_spec(
         &model,
         &codegen::Options {
             source_name: "examples/models/seed.yaml".into(),
             ..Default::default()
         },
+        &text,
+        cnn::dsl::Syntax::Yaml,
     )
     .unwrap();
     // The build script generated the very same text.

@@ -158,3 +158,30 @@ fn bad_batches_are_errors() {
     let r2 = t.train_step(&x, &[1, 2]);
     assert!(r1.is_err() || r2.is_err(), "a diverging loss is reported");
 }
+
+#[test]
+fn generated_types_train_with_the_same_kernels() {
+    use cnn::models::SeedCnn;
+    let mut model = SeedCnn::init(9).unwrap();
+    let mut t = model.trainer(Box::new(Sgd::new(0.05)), 9, 1).unwrap();
+    let x = io::read_npy(&root().join("tests/golden/seed_input.npy")).unwrap();
+    let labels: Vec<usize> = io::read_npy(&root().join("tests/golden/seed_labels.npy"))
+        .unwrap()
+        .iter()
+        .map(|v| *v as usize)
+        .collect();
+    let first = t.train_step(x.as_slice().unwrap(), &labels).unwrap().loss;
+    for _ in 0..5 {
+        t.train_step(x.as_slice().unwrap(), &labels).unwrap();
+    }
+    let later = t.train_loss(x.as_slice().unwrap(), &labels).unwrap();
+    assert!(later < first, "loss went from {first} to {later}");
+    let before = model
+        .forward(x.as_slice().unwrap().as_chunks::<784>().0)
+        .to_vec();
+    model.load_trained(&t).unwrap();
+    let after = model
+        .forward(x.as_slice().unwrap().as_chunks::<784>().0)
+        .to_vec();
+    assert_ne!(before, after);
+}

@@ -19,6 +19,12 @@ pub enum Error {
     /// Reading a dataset.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// Training.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    /// A spec embedded in generated code no longer checks (the cnn version changed).
+    #[error("the embedded spec does not check: {0}")]
+    Spec(String),
     /// Building or running the plan interpreter.
     #[error(transparent)]
     Exec(#[from] ExecError),

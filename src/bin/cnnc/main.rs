@@ -2,8 +2,10 @@
 //!
 //! Exit codes: 0 success, 1 the spec (or weights/data) has errors, 2 usage or I/O errors.
 
+mod plot;
 mod run_cmds;
 mod spec_cmds;
+mod train_cmds;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -95,6 +97,65 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         std: Option<Vec<f32>>,
     },
+    /// Train on MNIST-style IDX data: progress, per-epoch table, metrics CSV, plots, checkpoints.
+    Train {
+        /// Spec file.
+        spec: String,
+        #[command(flatten)]
+        opts: train_cmds::TrainOpts,
+        /// Final weights (default RUN_DIR/weights.safetensors).
+        #[arg(long)]
+        out: Option<String>,
+        /// Folder for metrics.csv, curves.png/svg and checkpoint.safetensors (default runs/<model>).
+        #[arg(long)]
+        run_dir: Option<String>,
+        /// Continue from a checkpoint written by an earlier (possibly interrupted) run.
+        #[arg(long)]
+        resume: Option<String>,
+        /// One JSON object per epoch on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Accuracy, per-class accuracy and confusion matrix of trained weights.
+    Eval {
+        /// Spec file.
+        spec: String,
+        /// Weights (safetensors).
+        #[arg(long)]
+        weights: String,
+        /// Folder of IDX files (default: the bundled data/mnist).
+        #[arg(long)]
+        data: Option<String>,
+        /// `test` or `train`.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Where to write the confusion-matrix plot (`STEM.png`, `STEM.svg`).
+        #[arg(long)]
+        plot: Option<String>,
+        /// Print {"accuracy", "loss", "per_class", "images", "confusion"}.
+        #[arg(long)]
+        json: bool,
+        /// Worker threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Train several specs with the same data, seeds and schedule; one table, one plot.
+    Compare {
+        /// Spec files.
+        #[arg(required = true, num_args = 2..)]
+        specs: Vec<String>,
+        #[command(flatten)]
+        opts: train_cmds::TrainOpts,
+        /// Seeds per spec (mean ± std over them).
+        #[arg(long, default_value_t = 1)]
+        seeds: u64,
+        /// Folder for the comparison plot (default runs/compare).
+        #[arg(long)]
+        out_dir: Option<String>,
+        /// One JSON object per model.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the specialised Rust for a spec.
     Gen {
         /// Spec file.
@@ -122,6 +183,9 @@ enum Command {
         /// Also time each kernel call (GFLOP/s per layer).
         #[arg(long)]
         layers: bool,
+        /// Time a training step (forward, backward, Adam update) instead of inference.
+        #[arg(long)]
+        train: bool,
     },
 }
 
@@ -193,6 +257,47 @@ fn main() -> ExitCode {
             },
             color,
         ),
+        Command::Train {
+            spec,
+            opts,
+            out,
+            run_dir,
+            resume,
+            json,
+        } => train_cmds::train(
+            &spec,
+            &opts,
+            out.as_deref(),
+            run_dir.as_deref(),
+            resume.as_deref(),
+            json,
+            color,
+        ),
+        Command::Eval {
+            spec,
+            weights,
+            data,
+            split,
+            plot,
+            json,
+            threads,
+        } => train_cmds::eval(
+            &spec,
+            &weights,
+            data.as_deref(),
+            &split,
+            plot.as_deref(),
+            json,
+            threads,
+            color,
+        ),
+        Command::Compare {
+            specs,
+            opts,
+            seeds,
+            out_dir,
+            json,
+        } => train_cmds::compare(&specs, &opts, seeds, out_dir.as_deref(), json, color),
         Command::Gen { spec, output } => run_cmds::generate(&spec, output.as_deref(), color),
         Command::Bench {
             spec,
@@ -201,6 +306,7 @@ fn main() -> ExitCode {
             seconds,
             json,
             layers,
+            train,
         } => {
             if batch == 0 {
                 eprintln!("error: --batch must be at least 1");
@@ -214,6 +320,7 @@ fn main() -> ExitCode {
                     seconds,
                     json,
                     layers,
+                    train,
                 },
                 color,
             )

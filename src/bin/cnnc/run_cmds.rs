@@ -73,11 +73,16 @@ pub fn generate(file: &str, out: Option<&str>, color: bool) -> ExitCode {
         Ok(m) => m,
         Err(c) => return c,
     };
+    let text = match read_spec(file) {
+        Ok(t) => t,
+        Err(c) => return c,
+    };
+    let syntax = cnn::dsl::Syntax::from_path(file).unwrap_or(cnn::dsl::Syntax::Dsl);
     let opts = codegen::Options {
         source_name: file.to_string(),
         ..Default::default()
     };
-    let src = match codegen::source(&model, &opts) {
+    let src = match codegen::source_with_spec(&model, &opts, &text, syntax) {
         Ok(s) => s,
         Err(e) => {
             return report(anyhow::anyhow!(
@@ -234,6 +239,7 @@ pub struct BenchArgs<'a> {
     pub seconds: f64,
     pub json: bool,
     pub layers: bool,
+    pub train: bool,
 }
 
 struct Timing {
@@ -280,6 +286,9 @@ fn bench_inner(a: &BenchArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
     let input: Vec<f32> = (0..p.input_len() * a.batch)
         .map(|i| ((i * 7919) % 255) as f32 / 255.0)
         .collect();
+    if a.train {
+        return bench_train(a, model, &p, &input, flops);
+    }
     let mut exec = Executor::with_init(p.clone(), 0, a.threads)?;
     let threads = exec.threads();
     let mut results = Vec::new();
@@ -377,4 +386,50 @@ fn seed_plan() -> Option<Plan> {
     cnn::dsl::compile_source(&mut SourceMap::new(), "seed.yaml", text)
         .ok()
         .map(|m| plan(&m))
+}
+
+/// Times forward + backward + Adam update; FLOPs counted as 3× the forward pass.
+fn bench_train(
+    a: &BenchArgs<'_>,
+    model: &CheckedModel,
+    p: &Plan,
+    input: &[f32],
+    flops: f64,
+) -> anyhow::Result<()> {
+    let labels: Vec<usize> = (0..a.batch).map(|i| i % p.output_len().max(1)).collect();
+    let mut t = cnn::runtime::train::Trainer::new(
+        model,
+        Box::new(cnn::runtime::optim::Adam::new()),
+        0,
+        a.threads,
+    )?;
+    let threads = t.threads();
+    let timing = time_loop(a.seconds, || {
+        let _ = t.train_step(input, &labels);
+    });
+    let mean = timing.lat.iter().sum::<f64>() / timing.lat.len() as f64;
+    let ips = a.batch as f64 / mean;
+    let gflops = 3.0 * flops / mean / 1e9;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"path": "train", "batch": a.batch, "threads": threads, "images_per_s": ips,
+                "latency_us_p50": timing.pct(0.5) * 1e6, "latency_us_p99": timing.pct(0.99) * 1e6, "gflops": gflops,
+                "iterations": timing.lat.len(), "memory_mib": t.memory_bytes() as f64 / (1u64 << 20) as f64})
+        );
+    } else {
+        println!(
+            "{}: training step (forward, backward, Adam), batch {}, {} thread(s)",
+            p.name, a.batch, threads
+        );
+        println!(
+            "  {:<12} {ips:>10.0} images/s   p50 {:>9.1} µs   p99 {:>9.1} µs   {gflops:>6.1} GFLOP/s (3× forward)   ({} runs, {:.1} MiB of buffers)",
+            "train",
+            timing.pct(0.5) * 1e6,
+            timing.pct(0.99) * 1e6,
+            timing.lat.len(),
+            t.memory_bytes() as f64 / (1u64 << 20) as f64
+        );
+    }
+    Ok(())
 }

@@ -1,0 +1,892 @@
+//! `cnnc train`, `cnnc eval` and `cnnc compare`.
+
+use crate::plot::{self, Series};
+use crate::run_cmds::load_model;
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use cnn::dsl::CheckedModel;
+use cnn::dsl::summary::thousands;
+use cnn::runtime::data::{BatchConfig, Dataset, Normalize, Prefetch, TrainTest, load_folder};
+use cnn::runtime::exec::param_specs;
+use cnn::runtime::optim::{Adam, LrSchedule, Optimizer, Sgd};
+use cnn::runtime::train::{
+    EvalReport, Trainer, evaluate_dataset, load_checkpoint, save_checkpoint,
+};
+use cnn::runtime::weights;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Optimizers.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum OptKind {
+    /// torch.optim.Adam
+    Adam,
+    /// torch.optim.AdamW
+    Adamw,
+    /// torch.optim.SGD
+    Sgd,
+}
+
+/// Learning-rate schedules (stepped per epoch).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Sched {
+    /// Constant.
+    Constant,
+    /// StepLR(step_size, gamma).
+    Step,
+    /// CosineAnnealingLR(T_max = epochs, eta_min).
+    Cosine,
+}
+
+/// Options shared by `train` and `compare`.
+#[derive(Args, Clone, Debug)]
+pub struct TrainOpts {
+    /// Folder of IDX files (default: the bundled data/mnist).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Epochs.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Optimizer.
+    #[arg(long, value_enum, default_value_t = OptKind::Adam)]
+    pub optimizer: OptKind,
+    /// Learning rate (default 1e-3 for Adam/AdamW, 0.01 for SGD).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Weight decay (default 0; AdamW 0.01).
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// SGD Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value_t = Sched::Constant)]
+    pub schedule: Sched,
+    /// StepLR: epochs between decays.
+    #[arg(long, default_value_t = 1)]
+    pub step_size: usize,
+    /// StepLR: decay factor.
+    #[arg(long, default_value_t = 0.5)]
+    pub gamma: f64,
+    /// Seed for initialisation, shuffling, the validation split and dropout.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Worker threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Training images held out for validation.
+    #[arg(long, default_value_t = 5000)]
+    pub val: usize,
+    /// Use only the first N training images (quick runs).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+impl TrainOpts {
+    fn optimizer(&self) -> Box<dyn Optimizer + Send> {
+        match self.optimizer {
+            OptKind::Adam => Box::new(
+                Adam::new()
+                    .with_lr(self.lr.unwrap_or(1e-3))
+                    .weight_decay(self.weight_decay.unwrap_or(0.0)),
+            ),
+            OptKind::Adamw => Box::new(
+                Adam::adamw()
+                    .with_lr(self.lr.unwrap_or(1e-3))
+                    .weight_decay(self.weight_decay.unwrap_or(0.01)),
+            ),
+            OptKind::Sgd => Box::new(
+                Sgd::new(self.lr.unwrap_or(0.01))
+                    .momentum(self.momentum)
+                    .weight_decay(self.weight_decay.unwrap_or(0.0))
+                    .nesterov(self.nesterov),
+            ),
+        }
+    }
+
+    fn base_lr(&self) -> f64 {
+        self.lr.unwrap_or(if self.optimizer == OptKind::Sgd {
+            0.01
+        } else {
+            1e-3
+        })
+    }
+
+    fn schedule(&self) -> LrSchedule {
+        match self.schedule {
+            Sched::Constant => LrSchedule::Constant,
+            Sched::Step => LrSchedule::Step {
+                step_size: self.step_size.max(1),
+                gamma: self.gamma,
+            },
+            Sched::Cosine => LrSchedule::Cosine {
+                t_max: self.epochs.max(1),
+                eta_min: 0.0,
+            },
+        }
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.batch == 0 {
+            bail!("--batch must be at least 1");
+        }
+        if self.epochs == 0 {
+            bail!("--epochs must be at least 1");
+        }
+        if let Some(lr) = self.lr {
+            if !(lr.is_finite() && lr > 0.0) {
+                bail!("--lr must be a positive number, got {lr}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, Default)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+    pub images_per_s: f64,
+}
+
+impl EpochRecord {
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "epoch": self.epoch, "lr": self.lr, "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
+            "val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "seconds": self.seconds, "images_per_s": self.images_per_s,
+        })
+    }
+}
+
+/// The data a run trains on, normalised with the training split's statistics.
+pub struct Data {
+    pub train: Arc<Dataset>,
+    pub val: Dataset,
+    pub test: Dataset,
+    pub normalize: Normalize,
+    pub dir: PathBuf,
+}
+
+/// The bundled MNIST, found from the working directory or the source tree.
+pub fn data_dir(arg: Option<&str>) -> PathBuf {
+    if let Some(d) = arg {
+        return PathBuf::from(d);
+    }
+    let here = PathBuf::from("data/mnist");
+    if here.exists() {
+        here
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist")
+    }
+}
+
+pub fn load_data(opts: &TrainOpts) -> anyhow::Result<Data> {
+    let dir = data_dir(opts.data.as_deref());
+    let TrainTest { train, test } = load_folder(&dir).with_context(|| {
+        format!(
+            "loading the dataset from `{}` (pass --data DIR for another folder)",
+            dir.display()
+        )
+    })?;
+    let train = match opts.limit {
+        Some(n) if n < train.len() => train.subset(&(0..n).collect::<Vec<_>>()),
+        _ => train,
+    };
+    if opts.val >= train.len() {
+        bail!(
+            "--val {} leaves no training images (the training set has {})",
+            opts.val,
+            train.len()
+        );
+    }
+    let (train, val) = train.split(opts.val, opts.seed)?;
+    let normalize = train.pixel_stats();
+    Ok(Data {
+        train: Arc::new(train),
+        val,
+        test,
+        normalize,
+        dir,
+    })
+}
+
+/// Progress and reporting choices of one run.
+pub struct Report {
+    pub progress: bool,
+    pub json: bool,
+    pub table: bool,
+}
+
+/// The result of training one model.
+pub struct RunResult {
+    pub history: Vec<EpochRecord>,
+    pub trainer: Trainer,
+    pub test: EvalReport,
+    pub interrupted: bool,
+}
+
+fn install_ctrlc() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                // A second Ctrl-C exits at once.
+                std::process::exit(130);
+            }
+            eprintln!(
+                "\ninterrupted: saving a checkpoint after this batch (Ctrl-C again to quit now)"
+            );
+        });
+    });
+}
+
+fn print_header() {
+    println!(
+        "{:>5}  {:>9}  {:>10}  {:>9}  {:>8}  {:>8}  {:>7}  {:>9}",
+        "epoch", "lr", "train loss", "train acc", "val loss", "val acc", "seconds", "images/s"
+    );
+}
+
+fn print_row(r: &EpochRecord) {
+    println!(
+        "{:>5}  {:>9.2e}  {:>10.4}  {:>8.2}%  {:>8.4}  {:>7.2}%  {:>7.1}  {:>9}",
+        r.epoch,
+        r.lr,
+        r.train_loss,
+        100.0 * r.train_accuracy,
+        r.val_loss,
+        100.0 * r.val_accuracy,
+        r.seconds,
+        thousands(r.images_per_s.round() as u64)
+    );
+}
+
+fn history_json(h: &[EpochRecord]) -> String {
+    serde_json::Value::Array(h.iter().map(EpochRecord::json).collect()).to_string()
+}
+
+fn history_from_json(s: &str) -> Vec<EpochRecord> {
+    let v: serde_json::Value = serde_json::from_str(s).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    let f = |k: &str| e[k].as_f64().unwrap_or(f64::NAN);
+                    EpochRecord {
+                        epoch: e["epoch"].as_u64().unwrap_or(0) as usize,
+                        lr: f("lr"),
+                        train_loss: f("train_loss"),
+                        train_accuracy: f("train_accuracy"),
+                        val_loss: f("val_loss"),
+                        val_accuracy: f("val_accuracy"),
+                        seconds: f("seconds"),
+                        images_per_s: f("images_per_s"),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Trains `model`; checkpoints into `run_dir` after every epoch when given.
+pub fn train_model(
+    model: &CheckedModel,
+    opts: &TrainOpts,
+    data: &Data,
+    report: &Report,
+    run_dir: Option<&Path>,
+    resume: Option<&Path>,
+) -> anyhow::Result<RunResult> {
+    let mut trainer = Trainer::new(model, opts.optimizer(), opts.seed, opts.threads)?;
+    let mut history = Vec::new();
+    let mut start_epoch = 0;
+    if let Some(ckpt) = resume {
+        let meta = load_checkpoint(&mut trainer, ckpt)
+            .with_context(|| format!("resuming from `{}`", ckpt.display()))?;
+        start_epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
+        history = meta
+            .get("history")
+            .map(|h| history_from_json(h))
+            .unwrap_or_default();
+        history.truncate(start_epoch);
+        eprintln!(
+            "resuming `{}` after epoch {start_epoch} from {}",
+            model.name(),
+            ckpt.display()
+        );
+    }
+    let schedule = opts.schedule();
+    let config = BatchConfig::new(opts.batch)
+        .seed(opts.seed)
+        .normalize(data.normalize);
+    let batches = config.batch_count(data.train.len());
+    let show = report.progress && std::io::stderr().is_terminal();
+    if report.table && !history.is_empty() {
+        print_header();
+        history.iter().for_each(print_row);
+    } else if report.table {
+        print_header();
+    }
+    let mut interrupted = false;
+    for epoch in start_epoch..opts.epochs {
+        let lr = schedule.lr_at(opts.base_lr(), epoch);
+        trainer.optimizer_mut().set_lr(lr);
+        let bar = if show {
+            ProgressBar::new(batches as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>11} [{bar:30.cyan/blue}] {pos:>4}/{len:4} {msg} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("epoch {}/{}", epoch + 1, opts.epochs));
+        let t0 = Instant::now();
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let prefetch = Prefetch::new(Arc::clone(&data.train), config, epoch as u64, 4)?;
+        for (i, batch) in prefetch.enumerate() {
+            let s = trainer.train_step(&batch.images, &batch.labels)?;
+            loss_sum += s.loss * s.count as f64;
+            correct += s.correct;
+            seen += s.count;
+            if i % 10 == 0 {
+                let ips = seen as f64 / t0.elapsed().as_secs_f64();
+                bar.set_message(format!(
+                    "loss {:.4} acc {:5.2}% {} img/s",
+                    loss_sum / seen as f64,
+                    100.0 * correct as f64 / seen as f64,
+                    thousands(ips as u64)
+                ));
+            }
+            bar.inc(1);
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                interrupted = true;
+                break;
+            }
+        }
+        let train_secs = t0.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        if interrupted {
+            if let Some(dir) = run_dir {
+                let path = dir.join("checkpoint.safetensors");
+                save_checkpoint(
+                    &trainer,
+                    &path,
+                    &[
+                        ("epoch", epoch.to_string()),
+                        ("history", history_json(&history)),
+                        ("interrupted", "true".into()),
+                    ],
+                )?;
+                eprintln!(
+                    "saved {} (weights after {} steps; epoch {} restarts on --resume)",
+                    path.display(),
+                    trainer.steps(),
+                    epoch + 1
+                );
+            }
+            break;
+        }
+        let val = evaluate_dataset(&mut trainer, &data.val, 500, data.normalize)?;
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss: val.loss,
+            val_accuracy: val.accuracy,
+            seconds: t0.elapsed().as_secs_f64(),
+            images_per_s: seen as f64 / train_secs,
+        };
+        if report.json {
+            println!("{}", rec.json());
+        }
+        if report.table {
+            print_row(&rec);
+        }
+        history.push(rec);
+        if let Some(dir) = run_dir {
+            save_checkpoint(
+                &trainer,
+                &dir.join("checkpoint.safetensors"),
+                &[
+                    ("epoch", (epoch + 1).to_string()),
+                    ("history", history_json(&history)),
+                ],
+            )?;
+            write_csv(&dir.join("metrics.csv"), &history)?;
+            let series = Series {
+                label: model.name().to_string(),
+                train_loss: history.iter().map(|r| r.train_loss).collect(),
+                val_loss: history.iter().map(|r| r.val_loss).collect(),
+                train_acc: history.iter().map(|r| r.train_accuracy).collect(),
+                val_acc: history.iter().map(|r| r.val_accuracy).collect(),
+            };
+            plot::plot_curves(
+                &dir.join("curves"),
+                &format!("{} on {}", model.name(), data.dir.display()),
+                &[series],
+            )?;
+        }
+    }
+    let test = evaluate_dataset(&mut trainer, &data.test, 500, data.normalize)?;
+    Ok(RunResult {
+        history,
+        trainer,
+        test,
+        interrupted,
+    })
+}
+
+fn write_csv(path: &Path, h: &[EpochRecord]) -> anyhow::Result<()> {
+    let mut s = String::from(
+        "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,seconds,images_per_s\n",
+    );
+    for r in h {
+        s.push_str(&format!(
+            "{},{},{},{},{},{},{},{}\n",
+            r.epoch,
+            r.lr,
+            r.train_loss,
+            r.train_accuracy,
+            r.val_loss,
+            r.val_accuracy,
+            r.seconds,
+            r.images_per_s
+        ));
+    }
+    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `cnnc train`.
+pub fn train(
+    spec: &str,
+    opts: &TrainOpts,
+    out: Option<&str>,
+    run_dir: Option<&str>,
+    resume: Option<&str>,
+    json: bool,
+    color: bool,
+) -> ExitCode {
+    let model = match load_model(spec, color) {
+        Ok(m) => m,
+        Err(c) => return c,
+    };
+    match train_inner(&model, opts, out, run_dir, resume, json) {
+        Ok(true) => ExitCode::from(130),
+        Ok(false) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn train_inner(
+    model: &CheckedModel,
+    opts: &TrainOpts,
+    out: Option<&str>,
+    run_dir: Option<&str>,
+    resume: Option<&str>,
+    json: bool,
+) -> anyhow::Result<bool> {
+    opts.validate()?;
+    install_ctrlc();
+    let dir = PathBuf::from(
+        run_dir
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("runs/{}", model.name())),
+    );
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let data = load_data(opts)?;
+    if !json {
+        // The model is already checked (load_model): show what is being trained.
+        println!("{}", cnn::dsl::summary::summary(model, false));
+        eprintln!(
+            "training `{}` ({} parameters) on {} images from {} ({} held out for validation), {} epochs, batch {}, {:?} lr {}, normalised with mean {:.4} std {:.4}",
+            model.name(),
+            thousands(model.param_count()),
+            thousands(data.train.len() as u64),
+            data.dir.display(),
+            thousands(data.val.len() as u64),
+            opts.epochs,
+            opts.batch,
+            opts.optimizer,
+            opts.base_lr(),
+            data.normalize.mean,
+            data.normalize.std
+        );
+    }
+    let report = Report {
+        progress: !json,
+        json,
+        table: !json,
+    };
+    let r = train_model(
+        model,
+        opts,
+        &data,
+        &report,
+        Some(&dir),
+        resume.map(Path::new),
+    )?;
+    let wpath = out
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("weights.safetensors"));
+    let w = r
+        .trainer
+        .weights()?
+        .with_metadata("normalize_mean", data.normalize.mean.to_string())
+        .with_metadata("normalize_std", data.normalize.std.to_string())
+        .with_metadata("epochs", r.history.len().to_string());
+    weights::save_atomic(&wpath, &w)?;
+    let peak_mib = r.trainer.memory_bytes() as f64 / (1u64 << 20) as f64;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"test_accuracy": r.test.accuracy, "test_loss": r.test.loss, "images": r.test.count, "weights": wpath, "training_memory_mib": peak_mib})
+        );
+    } else {
+        eprintln!(
+            "wrote {} and {}/{{metrics.csv,curves.png,curves.svg,checkpoint.safetensors}}",
+            wpath.display(),
+            dir.display()
+        );
+        println!(
+            "test accuracy {:.2}% (loss {:.4}) on {} images; training buffers {:.1} MiB, fixed after the first step",
+            100.0 * r.test.accuracy,
+            r.test.loss,
+            thousands(r.test.count as u64),
+            peak_mib
+        );
+    }
+    Ok(r.interrupted)
+}
+
+/// `cnnc eval`.
+pub fn eval(
+    spec: &str,
+    weights_path: &str,
+    data: Option<&str>,
+    split: &str,
+    plot_stem: Option<&str>,
+    json: bool,
+    threads: usize,
+    color: bool,
+) -> ExitCode {
+    let model = match load_model(spec, color) {
+        Ok(m) => m,
+        Err(c) => return c,
+    };
+    match eval_inner(&model, weights_path, data, split, plot_stem, json, threads) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn eval_inner(
+    model: &CheckedModel,
+    weights_path: &str,
+    data: Option<&str>,
+    split: &str,
+    plot_stem: Option<&str>,
+    json: bool,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let plan = cnn::dsl::plan::plan(model);
+    let w = weights::load(Path::new(weights_path), &param_specs(&plan))?;
+    let meta = |k: &str| w.metadata().get(k).and_then(|v| v.parse::<f32>().ok());
+    let normalize = match (meta("normalize_mean"), meta("normalize_std")) {
+        (Some(mean), Some(std)) => Normalize::new(mean, std)?,
+        _ => Normalize::MNIST,
+    };
+    let dir = data_dir(data);
+    let TrainTest { train, test } = load_folder(&dir)
+        .with_context(|| format!("loading the dataset from `{}`", dir.display()))?;
+    let set = match split {
+        "test" => test,
+        "train" => train,
+        other => bail!("--split must be `test` or `train`, not `{other}`"),
+    };
+    let mut trainer = Trainer::with_weights(model, &w, Box::new(Sgd::new(0.0)), 0, threads)?;
+    let r = evaluate_dataset(&mut trainer, &set, 500, normalize)?;
+    let per_class = r.per_class();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"accuracy": r.accuracy, "loss": r.loss, "per_class": per_class, "images": r.count, "confusion": r.confusion})
+        );
+    } else {
+        println!(
+            "`{}` with {weights_path} on the {split} split of {}: accuracy {:.2}% (loss {:.4}) on {} images",
+            model.name(),
+            dir.display(),
+            100.0 * r.accuracy,
+            r.loss,
+            thousands(r.count as u64)
+        );
+        println!("\nper class:");
+        for (c, a) in per_class.iter().enumerate() {
+            println!(
+                "  {c:>3}  {:6.2}%  ({} images)",
+                100.0 * a,
+                r.confusion[c].iter().sum::<u64>()
+            );
+        }
+        println!("\nconfusion matrix (rows: true class, columns: predicted):");
+        print!("     ");
+        for c in 0..r.confusion.len() {
+            print!("{c:>6}");
+        }
+        println!();
+        for (c, row) in r.confusion.iter().enumerate() {
+            print!("  {c:>3}");
+            for v in row {
+                print!("{v:>6}");
+            }
+            println!();
+        }
+    }
+    let stem = plot_stem.map(PathBuf::from).unwrap_or_else(|| {
+        let p = Path::new(weights_path);
+        p.with_file_name(format!(
+            "{}_confusion",
+            p.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default()
+        ))
+    });
+    let files = plot::plot_confusion(
+        &stem,
+        &format!(
+            "{} — {split} accuracy {:.2}%",
+            model.name(),
+            100.0 * r.accuracy
+        ),
+        &r.confusion,
+    )?;
+    if !json {
+        println!("\nwrote {} and {}", files[0].display(), files[1].display());
+    }
+    Ok(())
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+/// `cnnc compare`.
+pub fn compare(
+    specs: &[String],
+    opts: &TrainOpts,
+    seeds: u64,
+    out_dir: Option<&str>,
+    json: bool,
+    color: bool,
+) -> ExitCode {
+    let mut models = Vec::new();
+    for s in specs {
+        match load_model(s, color) {
+            Ok(m) => models.push((s.clone(), m)),
+            Err(c) => return c,
+        }
+    }
+    match compare_inner(&models, opts, seeds.max(1), out_dir, json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn compare_inner(
+    models: &[(String, CheckedModel)],
+    opts: &TrainOpts,
+    seeds: u64,
+    out_dir: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    opts.validate()?;
+    install_ctrlc();
+    let dir = PathBuf::from(out_dir.unwrap_or("runs/compare"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    struct Row {
+        name: String,
+        params: u64,
+        macs: u64,
+        runs: Vec<RunResult>,
+    }
+    let mut rows = Vec::new();
+    for (file, m) in models {
+        let mut runs = Vec::new();
+        for k in 0..seeds {
+            let o = TrainOpts {
+                seed: opts.seed + k,
+                ..opts.clone()
+            };
+            let data = load_data(&o)?;
+            let t = Instant::now();
+            eprintln!("training {} ({file}) with seed {} …", m.name(), o.seed);
+            let r = train_model(
+                m,
+                &o,
+                &data,
+                &Report {
+                    progress: !json,
+                    json: false,
+                    table: false,
+                },
+                None,
+                None,
+            )?;
+            if let Some(last) = r.history.last() {
+                eprintln!(
+                    "  {:.0} s: val accuracy {:.2}%, test accuracy {:.2}%, {} images/s",
+                    t.elapsed().as_secs_f64(),
+                    100.0 * last.val_accuracy,
+                    100.0 * r.test.accuracy,
+                    thousands(last.images_per_s as u64)
+                );
+            }
+            let interrupted = r.interrupted;
+            runs.push(r);
+            if interrupted {
+                bail!("interrupted");
+            }
+        }
+        rows.push(Row {
+            name: m.name().to_string(),
+            params: m.param_count(),
+            macs: m.macs(),
+            runs,
+        });
+    }
+    let stat = |row: &Row, f: &dyn Fn(&RunResult) -> f64| {
+        mean_std(&row.runs.iter().map(f).collect::<Vec<_>>())
+    };
+    let last = |r: &RunResult| r.history.last().cloned().unwrap_or_default();
+    if json {
+        for row in &rows {
+            let j = |f: &dyn Fn(&RunResult) -> f64| {
+                let (m, s) = stat(row, f);
+                serde_json::json!({"mean": m, "std": s})
+            };
+            println!(
+                "{}",
+                serde_json::json!({
+                    "model": row.name, "params": row.params, "macs": row.macs, "seeds": seeds, "epochs": opts.epochs,
+                    "seconds_per_epoch": j(&|r| r.history.iter().map(|e| e.seconds).sum::<f64>() / r.history.len().max(1) as f64),
+                    "train_loss": j(&|r| last(r).train_loss), "train_accuracy": j(&|r| last(r).train_accuracy),
+                    "val_loss": j(&|r| last(r).val_loss), "val_accuracy": j(&|r| last(r).val_accuracy),
+                    "test_accuracy": j(&|r| r.test.accuracy),
+                })
+            );
+        }
+    } else {
+        println!(
+            "\n{} epochs, batch {}, {:?} lr {}, {} seed(s) each (mean ± std over seeds)\n",
+            opts.epochs,
+            opts.batch,
+            opts.optimizer,
+            opts.base_lr(),
+            seeds
+        );
+        println!(
+            "{:<14} {:>9} {:>12} {:>12} {:>16} {:>16} {:>16} {:>16} {:>16}",
+            "model",
+            "params",
+            "MACs/image",
+            "s/epoch",
+            "train loss",
+            "train acc %",
+            "val loss",
+            "val acc %",
+            "test acc %"
+        );
+        for row in &rows {
+            let pm = |(m, s): (f64, f64), scale: f64, prec: usize| {
+                format!("{:.p$} ± {:.p$}", m * scale, s * scale, p = prec)
+            };
+            println!(
+                "{:<14} {:>9} {:>12} {:>12} {:>16} {:>16} {:>16} {:>16} {:>16}",
+                row.name,
+                thousands(row.params),
+                thousands(row.macs),
+                pm(
+                    stat(row, &|r| r.history.iter().map(|e| e.seconds).sum::<f64>()
+                        / r.history.len().max(1) as f64),
+                    1.0,
+                    1
+                ),
+                pm(stat(row, &|r| last(r).train_loss), 1.0, 4),
+                pm(stat(row, &|r| last(r).train_accuracy), 100.0, 2),
+                pm(stat(row, &|r| last(r).val_loss), 1.0, 4),
+                pm(stat(row, &|r| last(r).val_accuracy), 100.0, 2),
+                pm(stat(row, &|r| r.test.accuracy), 100.0, 2),
+            );
+        }
+    }
+    let series: Vec<Series> = rows
+        .iter()
+        .map(|row| {
+            let n = row.runs.iter().map(|r| r.history.len()).min().unwrap_or(0);
+            let avg = |f: &dyn Fn(&EpochRecord) -> f64| {
+                (0..n)
+                    .map(|e| {
+                        row.runs.iter().map(|r| f(&r.history[e])).sum::<f64>()
+                            / row.runs.len() as f64
+                    })
+                    .collect::<Vec<_>>()
+            };
+            Series {
+                label: row.name.clone(),
+                train_loss: avg(&|e| e.train_loss),
+                val_loss: avg(&|e| e.val_loss),
+                train_acc: avg(&|e| e.train_accuracy),
+                val_acc: avg(&|e| e.val_accuracy),
+            }
+        })
+        .collect();
+    let files = plot::plot_curves(
+        &dir.join("compare"),
+        &format!("{} seed(s), mean curves", seeds),
+        &series,
+    )?;
+    if !json {
+        println!("\nwrote {} and {}", files[0].display(), files[1].display());
+    }
+    Ok(())
+}
