@@ -6,15 +6,21 @@
 //!
 //! Two ways to feed the input ("B") side:
 //!
-//! - **Direct** (stride 1, output as large as the input, i.e. `padding="same"`, kernel ≤ 16):
-//!   for a fixed tap, the input pixels of 16 consecutive output pixels are 16 consecutive input
-//!   elements, so the kernel reads them straight from the input with a masked load; the mask
-//!   zeroes taps that fall on padding or wrap into the next row or image. Taps whose mask is
-//!   all zero (rows of padding) are skipped. For a batch > 1 the input is first transposed to
-//!   `[C, N, H, W]` in scratch so one vector can span images.
-//! - **Packed** (everything else: strides, `valid` convolutions, huge kernels): the 16 columns'
-//!   input values are gathered (im2col) into a small per-thread buffer, then the same
-//!   microkernel runs unmasked.
+//! - **Direct** (stride 1, kernel ≤ 16, see `direct_grid`): columns walk a per-image pixel
+//!   grid laid over the input (the input itself for `padding="same"`), so for a fixed tap the
+//!   input values of 16 consecutive columns are 16 consecutive input elements, read straight
+//!   from the input with a masked load; the mask zeroes taps that fall on padding or wrap into
+//!   the next row or image. Taps whose mask is all zero (rows of padding) are skipped; grid
+//!   pixels outside the output are computed and not stored. For a batch > 1 (or a grid larger
+//!   than the input) the input is first copied to `[C, N, Hv, Wv]` in scratch so one vector
+//!   can span images.
+//! - **Packed** (strides, or stride-1 convolutions whose grid would be mostly waste): the 16
+//!   columns' input values are gathered (im2col, AVX-512 gathers) into a small per-thread
+//!   buffer, then the same microkernel runs unmasked.
+//!
+//! The 16 × 16 tile keeps 16 zmm accumulators; a wider 8 × 32 tile (fewer loads per FMA) was
+//! tried and was no faster at batch 64 and slower at batch 1, where it skips fewer padding
+//! taps.
 //!
 //! Weights are packed once into `[group][panel][tap][ci][MR]` (zero-padded to `MR` rows), see
 //! [`PackedConv`]. Bias and the activation are applied in the tile's epilogue.
