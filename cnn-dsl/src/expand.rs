@@ -530,6 +530,22 @@ mod tests {
         assert!(code.contains("pub fn forward"));
     }
 
+    /// The build-time cost of `cnn! { <seed model> }` (tokens → text → parse, check → generated
+    /// tokens); the issue asks for well under a second. Prints the time (`--nocapture`).
+    #[test]
+    fn expanding_the_seed_model_is_fast() {
+        let input = ts(SEED);
+        let start = std::time::Instant::now();
+        let runs = 20;
+        for _ in 0..runs {
+            let out = expand(input.clone(), None);
+            assert!(!out.is_empty());
+        }
+        let each = start.elapsed() / runs;
+        println!("expanding the seed model: {each:?} per expansion");
+        assert!(each < std::time::Duration::from_secs(1), "{each:?}");
+    }
+
     #[test]
     fn joint_punctuation_stays_together() {
         let t = TokenText::new(ts("model A(input = [4]) -> [2] { linear(4, 2) }"));
