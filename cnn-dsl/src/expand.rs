@@ -177,7 +177,7 @@ impl TokenText {
     pub fn covering(&self, lo: usize, hi: usize) -> Option<(Span, Span)> {
         let mut hits = self.pieces.iter().filter(|p| p.lo < hi && lo < p.hi);
         if let Some(first) = hits.next() {
-            let last = hits.last().unwrap_or(first);
+            let last = hits.next_back().unwrap_or(first);
             return Some((first.span, last.span));
         }
         let p = self
@@ -288,10 +288,11 @@ fn message(d: &Diagnostic, sources: &SourceMap, with_snippet: bool) -> String {
         m.push('\n');
         m.push_str(body.trim_end());
     } else {
-        if let Some(label) = &d.primary {
-            if !label.text.is_empty() && !d.message.contains(&label.text) {
-                m.push_str(&format!("\n= label: {}", label.text));
-            }
+        if let Some(label) = &d.primary
+            && !label.text.is_empty()
+            && !d.message.contains(&label.text)
+        {
+            m.push_str(&format!("\n= label: {}", label.text));
         }
         for l in &d.secondary {
             let snippet: String = sources.snippet(l.span).chars().take(60).collect();
@@ -611,6 +612,27 @@ mod tests {
         // At the end of the input: the last token.
         let errs = errors(&expand_parts(ts("model M(input = [4])"), Path::new(".")));
         assert_eq!(underlined(&errs[0]), ")");
+    }
+
+    /// The macro is used in item position (or as a statement): its output, success or not,
+    /// must parse as a sequence of items. `compile_error! { … }` with braces needs no `;`.
+    #[test]
+    fn output_is_items_in_every_case() {
+        let bug = SEED.replace("64*7*7", "32*7*7");
+        let dir = std::env::temp_dir();
+        for input in [
+            SEED,
+            &bug,
+            "model M(input = [4]) { linear(4 2) }",
+            "",
+            r#"include "nope.cnn""#,
+            "1 2 3",
+        ] {
+            let out = expand(ts(input), Some(dir.join("x.rs")));
+            if let Err(e) = syn::parse2::<syn::File>(out.clone()) {
+                panic!("{input}: {e}\n{out}");
+            }
+        }
     }
 
     #[test]
