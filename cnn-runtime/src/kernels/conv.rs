@@ -671,7 +671,9 @@ fn run_core(c: &Core, batch: usize, input: &[f32], output: &mut [f32], scratch: 
         out_len: output.len(),
     };
     let per = per_thread_len(g);
-    if nt == 1 || units == 1 {
+    // Below ~5 µs of work, waking another thread costs more than it saves.
+    let fmas = units * taps(g) * (g.in_channels / g.groups) * MR * NR;
+    if nt == 1 || units == 1 || fmas < 1 << 19 {
         work.run(0, 1, &mut rest[..per]);
     } else if per == 0 {
         let w = &work;
@@ -1064,6 +1066,8 @@ mod tests {
 
     #[test]
     fn strided_padded() {
+        // Large enough to be split over threads (packed path, per-thread buffers).
+        check(geom(16, 32, (24, 24), (3, 3), (2, 2), (1, 1), (1, 1), 1), 3);
         check(geom(3, 8, (11, 9), (3, 3), (2, 2), (1, 1), (1, 1), 1), 2);
         check(geom(2, 5, (10, 10), (4, 2), (3, 1), (2, 0), (1, 1), 1), 1);
     }
