@@ -132,32 +132,77 @@ fn run_reproduces_the_reference_logits_and_checks_weights() {
     ]);
     assert_eq!(code, 0, "{err}");
     let got = cnn::runtime::io::read_npy(&out).unwrap();
-    let want = cnn::runtime::io::read_npy(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/seed_logits.npy"))).unwrap();
-    let diff = got.iter().zip(want.iter()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let want = cnn::runtime::io::read_npy(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/seed_logits.npy"
+    )))
+    .unwrap();
+    let diff = got
+        .iter()
+        .zip(want.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(diff <= 1e-5, "max |Δ| {diff}");
     let _ = std::fs::remove_file(&out);
 
-    let (code, out, _) = cnnc(&["check", "examples/models/seed.yaml", "--weights", "tests/golden/seed_weights.safetensors"]);
+    let (code, out, _) = cnnc(&[
+        "check",
+        "examples/models/seed.yaml",
+        "--weights",
+        "tests/golden/seed_weights.safetensors",
+    ]);
     assert_eq!(code, 0);
     assert!(out.contains("fits `SeedCnn`"), "{out}");
     // Weights of the seed model do not fit seed+conv: every problem named at once.
-    let (code, _, err) = cnnc(&["check", "examples/models/seed_plus_conv.yaml", "--weights", "tests/golden/seed_weights.safetensors"]);
+    let (code, _, err) = cnnc(&[
+        "check",
+        "examples/models/seed_plus_conv.yaml",
+        "--weights",
+        "tests/golden/seed_weights.safetensors",
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("conv4.0.weight") && err.contains("conv4.0.bias"), "{err}");
+    assert!(
+        err.contains("conv4.0.weight") && err.contains("conv4.0.bias"),
+        "{err}"
+    );
 }
 
 #[test]
 fn run_errors_are_clear() {
     // No weights for a model with parameters.
-    let (code, _, err) = cnnc(&["run", "examples/models/seed.yaml", "--input", "tests/golden/seed_input.npy"]);
+    let (code, _, err) = cnnc(&[
+        "run",
+        "examples/models/seed.yaml",
+        "--input",
+        "tests/golden/seed_input.npy",
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("--weights") && err.contains("--init"), "{err}");
     // Input of the wrong shape names both shapes.
-    let (code, _, err) = cnnc(&["run", "examples/models/seed.yaml", "--init", "1", "--input", "tests/golden/seed_logits.npy"]);
+    let (code, _, err) = cnnc(&[
+        "run",
+        "examples/models/seed.yaml",
+        "--init",
+        "1",
+        "--input",
+        "tests/golden/seed_logits.npy",
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("[32, 10]") && err.contains("[N, 1, 28, 28]"), "{err}");
+    assert!(
+        err.contains("[32, 10]") && err.contains("[N, 1, 28, 28]"),
+        "{err}"
+    );
     // --init gives a runnable model; top-k is printed.
-    let (code, out, err) = cnnc(&["run", "examples/models/seed.cnn", "--init", "3", "--input", "tests/golden/seed_input.npy", "--top-k", "2"]);
+    let (code, out, err) = cnnc(&[
+        "run",
+        "examples/models/seed.cnn",
+        "--init",
+        "3",
+        "--input",
+        "tests/golden/seed_input.npy",
+        "--top-k",
+        "2",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("top-2"), "{out}");
 }
@@ -168,13 +213,36 @@ fn gen_prints_formatted_code_and_bench_prints_json() {
     assert_eq!(code, 0);
     assert!(out.starts_with("// @generated"));
     assert!(out.contains("pub struct SeedCnn"));
-    let (code, out, err) = cnnc(&["bench", "examples/models/seed.yaml", "--batch", "2", "--threads", "1", "--seconds", "0.05", "--json"]);
+    let (code, out, err) = cnnc(&[
+        "bench",
+        "examples/models/seed.yaml",
+        "--batch",
+        "2",
+        "--threads",
+        "1",
+        "--seconds",
+        "0.05",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let paths: Vec<_> = lines.iter().map(|l| l["path"].as_str().unwrap().to_string()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let paths: Vec<_> = lines
+        .iter()
+        .map(|l| l["path"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(paths, ["plan", "specialised"]);
     for l in &lines {
-        for k in ["batch", "threads", "images_per_s", "latency_us_p50", "latency_us_p99", "gflops"] {
+        for k in [
+            "batch",
+            "threads",
+            "images_per_s",
+            "latency_us_p50",
+            "latency_us_p99",
+            "gflops",
+        ] {
             assert!(l[k].is_number(), "{k} missing in {l}");
         }
     }

@@ -1,14 +1,12 @@
 //! A build.rs API in the style of prost-build: compile spec files to Rust in `OUT_DIR`.
 //!
 //! ```no_run
-//! // build.rs
-//! fn main() {
-//!     if let Err(e) = cnn_dsl::build::Builder::new().spec("models/seed.yaml").compile() {
-//!         eprintln!("{e}");
-//!         std::process::exit(1);
-//!     }
+//! // In build.rs's main:
+//! if let Err(e) = cnn_dsl::build::Builder::new().spec("models/seed.yaml").compile() {
+//!     eprintln!("{e}");
+//!     std::process::exit(1);
 //! }
-//! // src/lib.rs:  include!(concat!(env!("OUT_DIR"), "/seed_cnn.rs"));
+//! // In src/lib.rs:  include!(concat!(env!("OUT_DIR"), "/seed_cnn.rs"));
 //! ```
 //! Each spec becomes `OUT_DIR/<model name in snake_case>.rs`, rewritten only when its content
 //! changes; `cargo:rerun-if-changed` is printed for each spec. Shape errors fail the build with

@@ -301,13 +301,12 @@ pub fn did_you_mean<'a>(
     let limit = (w.chars().count() / 3).max(1);
     let candidates: Vec<&str> = candidates.into_iter().collect();
     // A prefix of a known name (`conv` for `conv2d`) is a likely abbreviation.
-    if w.len() >= 3 {
-        if let Some(c) = candidates
+    if w.len() >= 3
+        && let Some(c) = candidates
             .iter()
             .find(|c| c.to_ascii_lowercase().starts_with(&w))
-        {
-            return Some(c);
-        }
+    {
+        return Some(c);
     }
     candidates
         .into_iter()

@@ -341,18 +341,18 @@ impl Lowerer {
                 let dilation = self.pair_or(a, "dilation", 1, [1, 1])?;
                 let ceil_mode = self.bool_or(a, "ceil_mode", false)?;
                 let count_include_pad = self.bool_or(a, "count_include_pad", true)?;
-                if let Some(v) = a.vals.get("return_indices") {
-                    if matches!(v.value.kind, ValueKind::Bool(true)) {
-                        self.diags.push(
-                            Diagnostic::new(
-                                codes::INVALID_VALUE,
-                                "`return_indices = true` is not supported in a sequential model",
-                            )
-                            .primary(v.value.span, "would return a tuple")
-                            .help("remove `return_indices`"),
-                        );
-                        return None;
-                    }
+                if let Some(v) = a.vals.get("return_indices")
+                    && matches!(v.value.kind, ValueKind::Bool(true))
+                {
+                    self.diags.push(
+                        Diagnostic::new(
+                            codes::INVALID_VALUE,
+                            "`return_indices = true` is not supported in a sequential model",
+                        )
+                        .primary(v.value.span, "would return a tuple")
+                        .help("remove `return_indices`"),
+                    );
+                    return None;
                 }
                 let kind = if a.kind == "maxpool2d" {
                     PoolKind::Max
@@ -401,17 +401,17 @@ impl Lowerer {
             "sigmoid" => LayerKind::Sigmoid,
             "tanh" => LayerKind::Tanh,
             "gelu" => {
-                if let Some(v) = a.vals.get("approximate") {
-                    if !matches!(&v.value.kind, ValueKind::Word(w) if w == "none") {
-                        self.diags.push(
-                            Diagnostic::new(
-                                codes::INVALID_VALUE,
-                                "only the exact GELU (`approximate = none`) is supported",
-                            )
-                            .primary(v.value.span, "unsupported approximation"),
-                        );
-                        return None;
-                    }
+                if let Some(v) = a.vals.get("approximate")
+                    && !matches!(&v.value.kind, ValueKind::Word(w) if w == "none")
+                {
+                    self.diags.push(
+                        Diagnostic::new(
+                            codes::INVALID_VALUE,
+                            "only the exact GELU (`approximate = none`) is supported",
+                        )
+                        .primary(v.value.span, "unsupported approximation"),
+                    );
+                    return None;
                 }
                 LayerKind::Gelu
             }

@@ -120,16 +120,15 @@ pub fn plan(model: &CheckedModel) -> Plan {
             }
             op => {
                 let mut fused = None;
-                if let (Op::Conv2d { .. }, Some(next)) = (op, layers.get(i + 1)) {
-                    if let Op::Activation {
+                if let (Op::Conv2d { .. }, Some(next)) = (op, layers.get(i + 1))
+                    && let Op::Activation {
                         act: act @ (Activation::Relu | Activation::LeakyRelu(_)),
                         ..
                     } = next.op
-                    {
-                        fused = Some(act);
-                        path = format!("{path}+{}", next.layer.path);
-                        i += 1;
-                    }
+                {
+                    fused = Some(act);
+                    path = format!("{path}+{}", next.layer.path);
+                    i += 1;
                 }
                 let dst = other(cur);
                 buffer_len = buffer_len.max(out_len);

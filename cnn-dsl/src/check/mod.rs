@@ -347,7 +347,7 @@ pub fn check_report(model: &Model) -> CheckReport {
             }
             Err(recovered) => {
                 failed_at.get_or_insert(i);
-                match recovered {
+                match *recovered {
                     // The output is known despite the error: keep checking the rest.
                     Some(checked) => {
                         if checked.output != cur {
@@ -361,34 +361,33 @@ pub fn check_report(model: &Model) -> CheckReport {
             }
         }
     }
-    if failed_at.is_none() {
-        if let Some(decl) = &model.output {
-            if decl.value != cur {
-                let last = model
-                    .layers
-                    .last()
-                    .map_or("the input".to_string(), |l| format!("`{}`", l.path));
-                let span = decl.span.unwrap_or(model.name_span);
-                cx.diags.push(
-                    Diagnostic::new(
-                        codes::OUTPUT_MISMATCH,
-                        format!(
-                            "model `{}` declares output {} but produces {}",
-                            model.name,
-                            fmt_dims(&decl.value),
-                            fmt_dims(&cur)
-                        ),
-                    )
-                    .primary(span, format!("declared {}", fmt_dims(&decl.value)))
-                    .note(format!(
-                        "{last} produces {}\n{}",
-                        fmt_dims(&cur),
-                        cx.trace_line(&model.input.value)
-                    )),
-                );
-                failed_at = Some(model.layers.len());
-            }
-        }
+    if failed_at.is_none()
+        && let Some(decl) = &model.output
+        && decl.value != cur
+    {
+        let last = model
+            .layers
+            .last()
+            .map_or("the input".to_string(), |l| format!("`{}`", l.path));
+        let span = decl.span.unwrap_or(model.name_span);
+        cx.diags.push(
+            Diagnostic::new(
+                codes::OUTPUT_MISMATCH,
+                format!(
+                    "model `{}` declares output {} but produces {}",
+                    model.name,
+                    fmt_dims(&decl.value),
+                    fmt_dims(&cur)
+                ),
+            )
+            .primary(span, format!("declared {}", fmt_dims(&decl.value)))
+            .note(format!(
+                "{last} produces {}\n{}",
+                fmt_dims(&cur),
+                cx.trace_line(&model.input.value)
+            )),
+        );
+        failed_at = Some(model.layers.len());
     }
     CheckReport {
         layers,
@@ -404,7 +403,8 @@ struct Checker<'m> {
     channel_origin: String,
 }
 
-type LayerResult = Result<CheckedLayer, Option<CheckedLayer>>;
+/// `Err(Some(layer))`: the layer has an error but its output is known, so checking goes on.
+type LayerResult = Result<CheckedLayer, Box<Option<CheckedLayer>>>;
 
 fn us(x: u64) -> usize {
     usize::try_from(x).unwrap_or(usize::MAX)
@@ -511,7 +511,7 @@ impl Checker<'_> {
         macro_rules! fail {
             ($e:expr, $span:expr) => {{
                 self.rule_error(layer, input, $e, $span);
-                return Err(None);
+                return Err(Box::new(None));
             }};
         }
         macro_rules! tri {
@@ -533,11 +533,11 @@ impl Checker<'_> {
             match &layer.kind {
                 LayerKind::Conv2d(c) => {
                     let [cin, h, w] = tri!(image(input), None);
-                    if let Some(decl) = c.in_channels {
-                        if decl.value != cin {
-                            self.channel_mismatch(layer, decl, cin, "in_channels", origins);
-                            recovered_error = true;
-                        }
+                    if let Some(decl) = c.in_channels
+                        && decl.value != cin
+                    {
+                        self.channel_mismatch(layer, decl, cin, "in_channels", origins);
+                        recovered_error = true;
                     }
                     let g = c.groups.value;
                     if cin % g != 0 {
@@ -730,11 +730,11 @@ impl Checker<'_> {
                 }
                 LayerKind::BatchNorm2d(b) => {
                     let [c, h, w] = tri!(image(input), None);
-                    if let Some(decl) = b.num_features {
-                        if decl.value != c {
-                            self.channel_mismatch(layer, decl, c, "num_features", origins);
-                            recovered_error = true;
-                        }
+                    if let Some(decl) = b.num_features
+                        && decl.value != c
+                    {
+                        self.channel_mismatch(layer, decl, c, "num_features", origins);
+                        recovered_error = true;
                     }
                     let cu = us(c);
                     for (suffix, role) in [
@@ -815,17 +815,17 @@ impl Checker<'_> {
                         [f] => *f,
                         _ => fail!(RuleError::NeedsFlat, None),
                     };
-                    if let Some(decl) = l.in_features {
-                        if decl.value != actual {
-                            self.features_mismatch(
-                                layer,
-                                decl,
-                                l.in_features_factors.as_deref(),
-                                actual,
-                                prev,
-                            );
-                            recovered_error = true;
-                        }
+                    if let Some(decl) = l.in_features
+                        && decl.value != actual
+                    {
+                        self.features_mismatch(
+                            layer,
+                            decl,
+                            l.in_features_factors.as_deref(),
+                            actual,
+                            prev,
+                        );
+                        recovered_error = true;
                     }
                     let out = l.out_features.value;
                     let wnum = tri!(rules::numel(&[out, actual]), None);
@@ -902,7 +902,7 @@ impl Checker<'_> {
             origins: new_origins,
         };
         if recovered_error {
-            Err(Some(checked))
+            Err(Box::new(Some(checked)))
         } else {
             Ok(checked)
         }
