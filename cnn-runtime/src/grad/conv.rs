@@ -10,6 +10,7 @@ use rayon::prelude::*;
 
 use super::{Mat, check_len, gemm_f32};
 use crate::geom::Conv2dGeom;
+use crate::kernels;
 
 /// Output columns (images × output positions) per weight-gradient GEMM: big enough to keep the
 /// GEMM efficient, small enough that the im2col buffer stays near the L2 cache.
@@ -39,7 +40,14 @@ struct Plan {
     kk: usize,
     /// The input gradient is computed as a transposed convolution (stride 1).
     transposed: bool,
-    /// Length of the shared, flipped and transposed weights (0 unless `transposed`).
+    /// The input gradient is the forward convolution kernel ([`kernels::conv2d`]) run on
+    /// `d_out` with the flipped, transposed weights (geometry [`transposed_geom`]), over the
+    /// whole batch, before the slots compute the weight gradient.
+    fwd_dx: bool,
+    /// Scratch of that forward convolution (0 unless `fwd_dx`).
+    fwd_len: usize,
+    /// Length of the shared, flipped and transposed weights (0 unless `transposed` or
+    /// `fwd_dx`).
     wt_len: usize,
     col_len: usize,
     /// Length of the zero-padded planes im2col copies from.
@@ -50,6 +58,12 @@ struct Plan {
 }
 
 fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
+    plan_with(g, batch, true)
+}
+
+/// [`plan`], optionally forbidding the forward-kernel input gradient (tests use this to keep
+/// the GEMM paths covered).
+fn plan_with(g: &Conv2dGeom, batch: usize, allow_fwd_dx: bool) -> Plan {
     assert!(
         g.groups > 0
             && g.in_channels.is_multiple_of(g.groups)
@@ -78,7 +92,19 @@ fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
     // The transposed convolution unfolds `d_out` (C_out/g·kk rows) instead of scattering a
     // C_in/g·kk-row d_col back; it wins only when it has fewer rows (measured on the seed layers:
     // equal channel counts favour col2im slightly).
-    let transposed = g.stride_h == 1 && g.stride_w == 1 && cout_g < cin_g;
+    let gt = transposed_geom(g);
+    // The forward kernel's scratch must not depend on the pool size (it does only on its
+    // packed path, for non-"same"-like grids), so that the scratch length is a function of the
+    // geometry and the batch alone.
+    let fwd_dx = allow_fwd_dx
+        && gt.is_some_and(|gt| {
+            kernels::conv2d_scratch_len(&gt, batch, 1) == kernels::conv2d_scratch_len(&gt, batch, 2)
+        });
+    let fwd_len = match gt {
+        Some(gt) if fwd_dx => kernels::conv2d_scratch_len(&gt, batch, 1),
+        _ => 0,
+    };
+    let transposed = !fwd_dx && g.stride_h == 1 && g.stride_w == 1 && cout_g < cin_g;
     let fwd_col = cin_g * kk * chunk * p_out;
     let col_len = if transposed {
         fwd_col.max(cout_g * kk * chunk * p_in)
@@ -106,7 +132,13 @@ fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
         cout_g,
         kk,
         transposed,
-        wt_len: if transposed { g.weight_len() } else { 0 },
+        fwd_dx,
+        fwd_len,
+        wt_len: if transposed || fwd_dx {
+            g.weight_len()
+        } else {
+            0
+        },
         col_len,
         pad_len,
         dy_len,
@@ -121,8 +153,41 @@ fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
 /// slices, an im2col matrix, the slice's output gradient regrouped for the GEMM, and a partial
 /// weight/bias gradient.
 pub fn conv2d_backward_scratch_len(g: &Conv2dGeom, batch: usize) -> usize {
-    let pl = plan(g, batch);
-    pl.wt_len + pl.slots * pl.per_slot
+    plan(g, batch).scratch_len()
+}
+
+impl Plan {
+    fn scratch_len(&self) -> usize {
+        self.wt_len + (self.slots * self.per_slot).max(self.fwd_len)
+    }
+}
+
+/// The geometry of the input gradient as a forward convolution of `d_out` (stride 1 only):
+/// `C_out → C_in` channels over the output grid producing the input grid, kernel flipped, top/left
+/// padding `(k−1)·d − pad`. `None` for strides, or when that padding would be negative.
+fn transposed_geom(g: &Conv2dGeom) -> Option<Conv2dGeom> {
+    if g.stride_h != 1 || g.stride_w != 1 || g.kernel_h == 0 || g.kernel_w == 0 {
+        return None;
+    }
+    let pad_top = ((g.kernel_h - 1) * g.dilation_h).checked_sub(g.pad_top)?;
+    let pad_left = ((g.kernel_w - 1) * g.dilation_w).checked_sub(g.pad_left)?;
+    Some(Conv2dGeom {
+        in_channels: g.out_channels,
+        in_h: g.out_h,
+        in_w: g.out_w,
+        out_channels: g.in_channels,
+        out_h: g.in_h,
+        out_w: g.in_w,
+        kernel_h: g.kernel_h,
+        kernel_w: g.kernel_w,
+        stride_h: 1,
+        stride_w: 1,
+        pad_top,
+        pad_left,
+        dilation_h: g.dilation_h,
+        dilation_w: g.dilation_w,
+        groups: g.groups,
+    })
 }
 
 /// Backward of `nn.Conv2d` (PyTorch `convolution_backward`) for a batch.
@@ -158,7 +223,38 @@ pub fn conv2d_backward(
     d_bias: Option<&mut [f32]>,
     scratch: &mut [f32],
 ) {
-    let pl = plan(g, batch);
+    backward_with(
+        &plan(g, batch),
+        g,
+        batch,
+        input,
+        weight,
+        d_out,
+        d_input,
+        d_weight,
+        d_bias,
+        scratch,
+    );
+}
+
+/// [`conv2d_backward`] with a given plan.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "conv2d_backward's operands plus the plan"
+)]
+fn backward_with(
+    pl: &Plan,
+    g: &Conv2dGeom,
+    batch: usize,
+    input: &[f32],
+    weight: &[f32],
+    d_out: &[f32],
+    mut d_input: Option<&mut [f32]>,
+    d_weight: &mut [f32],
+    d_bias: Option<&mut [f32]>,
+    scratch: &mut [f32],
+) {
+    let pl = *pl;
     let (in_len, out_len) = (g.in_len(), g.out_len());
     check_len("conv2d_backward input", input.len(), batch * in_len);
     check_len("conv2d_backward weight", weight.len(), g.weight_len());
@@ -170,7 +266,7 @@ pub fn conv2d_backward(
     if let Some(db) = &d_bias {
         check_len("conv2d_backward d_bias", db.len(), g.out_channels);
     }
-    let need = pl.wt_len + pl.slots * pl.per_slot;
+    let need = pl.scratch_len();
     assert!(
         scratch.len() >= need,
         "conv2d_backward scratch: slice has {} elements, needs at least {need}",
@@ -187,10 +283,17 @@ pub fn conv2d_backward(
         return;
     }
     let (wt, scratch) = scratch[..need].split_at_mut(pl.wt_len);
-    if d_input.is_some() && pl.transposed {
+    if d_input.is_some() && (pl.transposed || pl.fwd_dx) {
         flip_transpose(g, &pl, weight, wt);
     }
     let wt = &*wt;
+    if pl.fwd_dx
+        && let Some(dx) = d_input.take()
+    {
+        let gt = transposed_geom(g).expect("fwd_dx implies a transposed geometry");
+        kernels::conv2d(&gt, batch, d_out, wt, None, dx, &mut scratch[..pl.fwd_len]);
+    }
+    let scratch = &mut scratch[..pl.slots * pl.per_slot];
     let ips = pl.imgs_per_slot;
     let work = |s: usize, sc: &mut [f32], dx: Option<&mut [f32]>| {
         let i0 = s * ips;
@@ -839,6 +942,27 @@ mod tests {
         assert_close("d_input", &dx, &want_dx, 1e-4, 1e-4);
         assert_close("d_weight", &dw, &want_dw, 2e-4, 1e-4);
         assert_close("d_bias", &db, &want_db, 2e-4, 1e-4);
+        // The GEMM input-gradient paths (used when the forward kernel is not).
+        let mut dx_g = vec![f32::NAN; x.len()];
+        let mut dw_g = vec![f32::NAN; w.len()];
+        let mut db_g = vec![f32::NAN; b.len()];
+        let pl = plan_with(g, batch, false);
+        let mut scratch_g = vec![f32::NAN; pl.scratch_len()];
+        backward_with(
+            &pl,
+            g,
+            batch,
+            &x,
+            &w,
+            &r,
+            Some(&mut dx_g),
+            &mut dw_g,
+            Some(&mut db_g),
+            &mut scratch_g,
+        );
+        assert_close("d_input (gemm)", &dx_g, &want_dx, 1e-4, 1e-4);
+        assert_close("d_weight (gemm)", &dw_g, &want_dw, 2e-4, 1e-4);
+        assert_close("d_bias (gemm)", &db_g, &want_db, 2e-4, 1e-4);
         // The weight-only path (first layer) gives the same weight gradient.
         let mut dw2 = vec![f32::NAN; w.len()];
         conv2d_backward(g, batch, &x, &w, &r, None, &mut dw2, None, &mut scratch);
@@ -891,18 +1015,18 @@ mod tests {
     #[test]
     fn transposed_path_fewer_outputs_than_inputs() {
         let g = geom(5, 2, 1, (7, 6), (5, 3), (1, 1), (2, 1), (1, 1));
-        assert!(plan(&g, 3).transposed);
+        assert!(plan_with(&g, 3, false).transposed);
         check_fd(&g, 3, 11);
         // Dilated, grouped, asymmetric "same" padding and padding wider than the kernel.
         let g = geom(6, 4, 2, (6, 7), (3, 2), (1, 1), (2, 1), (2, 3));
-        assert!(plan(&g, 2).transposed);
+        assert!(plan_with(&g, 2, false).transposed);
         check_fd(&g, 2, 12);
         let mut g = geom(4, 2, 1, (6, 5), (4, 4), (1, 1), (1, 1), (1, 1));
         (g.out_h, g.out_w) = (6, 5);
-        assert!(plan(&g, 2).transposed);
+        assert!(plan_with(&g, 2, false).transposed);
         check_fd(&g, 2, 13);
         let g = geom(3, 1, 1, (3, 2), (2, 2), (1, 1), (3, 3), (1, 1));
-        assert!(plan(&g, 2).transposed);
+        assert!(plan_with(&g, 2, false).transposed);
         check_fd(&g, 2, 14);
     }
 
@@ -985,7 +1109,7 @@ mod tests {
         for (cout, transposed) in [(8, true), (32, false)] {
             let g = geom(32, cout, 1, (10, 10), (5, 5), (1, 1), (2, 2), (1, 1));
             let batch = 27;
-            let pl = plan(&g, batch);
+            let pl = plan_with(&g, batch, false);
             assert_eq!(
                 (pl.imgs_per_slot, pl.chunk, pl.transposed),
                 (4, 2, transposed)
@@ -996,8 +1120,9 @@ mod tests {
             let r = rng.vec(batch * g.out_len(), -1.0, 1.0);
             let mut got = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; cout]);
             let mut want = got.clone();
-            let mut scratch = vec![f32::NAN; conv2d_backward_scratch_len(&g, batch)];
-            conv2d_backward(
+            let mut scratch = vec![f32::NAN; pl.scratch_len()];
+            backward_with(
+                &pl,
                 &g,
                 batch,
                 &x,
