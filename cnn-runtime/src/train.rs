@@ -471,10 +471,10 @@ impl Trainer {
         self.pool.install(|| optimizer.step(&mut params, &gs));
         // num_batches_tracked counts training forward passes, as in PyTorch.
         for (t, spec) in self.tensors.iter_mut().zip(&self.plan.tensors) {
-            if spec.role == TensorRole::NumBatchesTracked {
-                if let Some(v) = t.first_mut() {
-                    *v += 1.0;
-                }
+            if spec.role == TensorRole::NumBatchesTracked
+                && let Some(v) = t.first_mut()
+            {
+                *v += 1.0;
             }
         }
         self.steps += 1;
