@@ -230,7 +230,12 @@ fn expand_inline(input: TokenStream) -> Expansion {
             let span = tt
                 .covering(name_span.lo as usize, name_span.hi as usize)
                 .map_or(Span::call_site(), |s| s.0);
-            generate(&model, INLINE_NAME, name, span)
+            let spec = SpecText {
+                name: INLINE_NAME,
+                text: &tt.text,
+                syntax: Syntax::Dsl,
+            };
+            generate(&model, spec, name, span)
         }
         Err((name, diags)) => {
             let errors = diags.iter().map(|d| to_error(d, &sources));
@@ -314,9 +319,22 @@ fn message(d: &Diagnostic, sources: &SourceMap, with_snippet: bool) -> String {
     m
 }
 
-/// Emits the model, with `#[allow(dead_code)]` on every item (a binary need not use every
+/// The spec a model was checked from: its name in messages, its text and language.
+struct SpecText<'a> {
+    name: &'a str,
+    text: &'a str,
+    syntax: Syntax,
+}
+
+/// Emits the model (with its spec embedded, so the type has `SPEC` and `trainer()` like the
+/// build.rs path), with `#[allow(dead_code)]` on every item (a binary need not use every
 /// method of a generated model).
-fn generate(model: &CheckedModel, source_name: &str, name: Option<Ident>, span: Span) -> Expansion {
+fn generate(
+    model: &CheckedModel,
+    spec: SpecText<'_>,
+    name: Option<Ident>,
+    span: Span,
+) -> Expansion {
     let Some(name) = name else {
         let e = syn::Error::new(
             span,
@@ -329,10 +347,10 @@ fn generate(model: &CheckedModel, source_name: &str, name: Option<Ident>, span: 
     };
     let opts = codegen::Options {
         runtime: quote!(::cnn::__private),
-        source_name: source_name.to_string(),
+        source_name: spec.name.to_string(),
     };
     let emitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        codegen::tokens(model, &opts)
+        codegen::tokens_with_spec(model, &opts, spec.text, spec.syntax)
     }));
     let code = emitted
         .map_err(|_| "the code generator panicked".to_string())
@@ -460,7 +478,12 @@ fn expand_include(tokens: &[TokenTree], base: &Path) -> Expansion {
     let mut out = match front_end(&mut sources, &display, &text, syntax) {
         Ok((model, _)) => {
             let name = rust_ident(model.name());
-            generate(&model, &display, name, lit.span())
+            let spec = SpecText {
+                name: &display,
+                text: &text,
+                syntax,
+            };
+            generate(&model, spec, name, lit.span())
         }
         Err((name, diags)) => {
             let errors = diags.iter().map(|d| at(message(d, &sources, true)));
@@ -529,6 +552,10 @@ mod tests {
         assert!(code.contains("pub struct SeedCnn"));
         assert!(code.contains("allow (dead_code)"));
         assert!(code.contains("pub fn forward"));
+        // The spec travels with the type (for `trainer()`), and parses again.
+        assert!(code.contains("SPEC_IS_YAML"));
+        let text = TokenText::new(ts(SEED)).text;
+        assert!(crate::compile_source(&mut SourceMap::new(), "x.cnn", &text).is_ok());
     }
 
     /// The build-time cost of `cnn! { <seed model> }` (tokens → text → parse, check → generated
