@@ -186,7 +186,21 @@ pub fn table(
 
 /// The summary of a checked model.
 pub fn summary(model: &CheckedModel, explain: bool) -> String {
-    table(model.model(), model.layers(), None, explain)
+    let mut out = table(model.model(), model.layers(), None, explain);
+    // The inference plan's buffers: what `cnnc run` and the generated code really allocate.
+    let plan = crate::plan::plan(model);
+    let per_buf = plan.buffer_len.max(plan.output_len()) as u64;
+    let line = format!(
+        "Inference plan: {} kernel calls, 2 ping-pong buffers × {} floats = {} per image (peak activation memory)\n",
+        plan.steps.len(),
+        thousands(per_buf),
+        kib(2 * per_buf * 4)
+    );
+    match out.find("\nWhere each dimension") {
+        Some(i) => out.insert_str(i + 1, &line),
+        None => out.push_str(&line),
+    }
+    out
 }
 
 /// The summary of a model that may have failed to check: layers up to the error, marked.

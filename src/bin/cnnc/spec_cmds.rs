@@ -95,7 +95,15 @@ pub fn summary(
                 .unwrap_or_default()
         );
     } else {
-        print!("{}", summary::summary_report(&model, &report, explain));
+        match report
+            .diagnostics
+            .is_empty()
+            .then(|| cnn::dsl::check(model.clone()))
+        {
+            // Well-shaped: the full summary, including the inference plan's buffers.
+            Some(Ok(checked)) => print!("{}", summary::summary(&checked, explain)),
+            _ => print!("{}", summary::summary_report(&model, &report, explain)),
+        }
     }
     if report.diagnostics.is_empty() {
         ExitCode::SUCCESS
