@@ -378,7 +378,7 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
     let scratch_expr = if conv_scratch.is_empty() {
         quote!(0usize)
     } else {
-        quote!(0usize #(.max(#conv_scratch))*)
+        quote!([#(#conv_scratch),*].into_iter().max().unwrap_or(0))
     };
     quote! {
         #[doc = #doc]

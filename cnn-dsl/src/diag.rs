@@ -44,6 +44,7 @@ codes! {
     BAD_EXPRESSION = "CNN0106": "An integer expression cannot be evaluated: division by zero or a division that is not exact (sizes are whole numbers; write the value you mean).";
     OVERFLOW = "CNN0107": "A number or a computed dimension does not fit: sizes must stay below 2^63, and products such as channels × height × width are checked for overflow.";
     INVALID_VALUE = "CNN0108": "An attribute has a value the layer cannot accept: sizes, strides, dilations and groups must be at least 1, padding at least 0, dropout `p` between 0 and 1.";
+    BAD_MODEL_NAME = "CNN0110": "The model name becomes a Rust type name in generated code, so it must be an identifier: letters, digits and underscores, not starting with a digit, and not a Rust keyword. `SeedCnn` is a good name.";
     DUPLICATE_NAME = "CNN0109": "Two layers or blocks at the same level share a name, so their parameters would share `state_dict` keys. Rename one.";
     CHANNEL_MISMATCH = "CNN0201": "A conv2d declares `in_channels` (or a batchnorm2d `num_features`) that differs from the channel count its input really has. Fix the number, or leave the attribute out and let the checker infer it.";
     KERNEL_TOO_LARGE = "CNN0202": "The (dilated) kernel or pooling window is larger than the padded input, so the layer would produce no output. Use a smaller kernel, more padding, or remove a downsampling layer before it.";

@@ -122,6 +122,16 @@ pub fn lower(spec: &ModelSpec, syntax: Syntax) -> Result<Model, Vec<Diagnostic>>
             )),
         );
     }
+    if !is_rust_identifier(&spec.name.value) {
+        cx.diags.push(
+            Diagnostic::new(
+                codes::BAD_MODEL_NAME,
+                format!("`{}` cannot name a model", spec.name.value),
+            )
+            .primary(spec.name.span, "not a Rust identifier")
+            .help("use letters, digits and underscores, starting with a letter, e.g. `SeedCnn`"),
+        );
+    }
     let output = spec.output.as_ref().and_then(|v| cx.dims(v, "output"));
     let mut layers = Vec::new();
     cx.items(&spec.items, "", None, &mut layers);
@@ -139,6 +149,22 @@ pub fn lower(spec: &ModelSpec, syntax: Syntax) -> Result<Model, Vec<Diagnostic>>
         layers,
         syntax,
     })
+}
+
+/// Whether `name` can be a Rust type name (generated code uses it for the model struct).
+pub fn is_rust_identifier(name: &str) -> bool {
+    const KEYWORDS: &[&str] = &[
+        "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum",
+        "extern", "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod",
+        "move", "mut", "pub", "ref", "return", "self", "Self", "static", "struct", "super",
+        "trait", "true", "type", "unsafe", "use", "where", "while", "abstract", "become", "box",
+        "do", "final", "macro", "override", "priv", "typeof", "unsized", "virtual", "yield", "try",
+        "_",
+    ];
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !KEYWORDS.contains(&name)
 }
 
 struct Lowerer {

@@ -409,7 +409,8 @@ pub fn train_model(
             }
             break;
         }
-        let val = evaluate_dataset(&mut trainer, &data.val, 500, data.normalize)?;
+        // Evaluate in training-sized batches so the buffers stay those of the first step.
+        let val = evaluate_dataset(&mut trainer, &data.val, opts.batch, data.normalize)?;
         let rec = EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -451,7 +452,7 @@ pub fn train_model(
             )?;
         }
     }
-    let test = evaluate_dataset(&mut trainer, &data.test, 500, data.normalize)?;
+    let test = evaluate_dataset(&mut trainer, &data.test, opts.batch, data.normalize)?;
     Ok(RunResult {
         history,
         trainer,
