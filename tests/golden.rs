@@ -10,7 +10,7 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub fn seed_plan() -> cnn::dsl::plan::Plan {
+fn seed_plan() -> cnn::dsl::plan::Plan {
     let text = std::fs::read_to_string(root().join("examples/models/seed.yaml")).unwrap();
     let m = compile_source(&mut SourceMap::new(), "seed.yaml", &text).unwrap();
     plan(&m)

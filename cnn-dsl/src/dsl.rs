@@ -1,6 +1,9 @@
 //! The `.cnn` front-end: a pest grammar (`dsl.pest`) and the walk from its parse tree to
 //! [`ModelSpec`].
-#![expect(clippy::result_large_err, reason = "a Diagnostic is returned once per parse, never on a hot path; boxing would only add noise at every call site")]
+#![expect(
+    clippy::result_large_err,
+    reason = "a Diagnostic is returned once per parse, never on a hot path; boxing would only add noise at every call site"
+)]
 
 use crate::diag::{Diagnostic, codes};
 use crate::span::{SourceId, Span};

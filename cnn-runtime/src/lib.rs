@@ -7,11 +7,11 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod error;
+pub mod exec;
 pub mod geom;
 pub mod grad;
 pub mod init;
-pub mod exec;
-pub mod error;
 pub mod support;
 pub mod train;
 

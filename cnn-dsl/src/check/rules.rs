@@ -123,7 +123,10 @@ pub fn conv_padding(
     }
 }
 
-#[expect(clippy::too_many_arguments, reason = "the scalar operands of PyTorch's pooling_output_shape, one axis at a time")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the scalar operands of PyTorch's pooling_output_shape, one axis at a time"
+)]
 /// Output size of pooling along one axis (PyTorch `pooling_output_shape`), including
 /// `ceil_mode`'s rule that the last window must start inside the input or left padding.
 pub fn pool_out(

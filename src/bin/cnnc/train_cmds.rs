@@ -146,10 +146,10 @@ impl TrainOpts {
         if self.epochs == 0 {
             bail!("--epochs must be at least 1");
         }
-        if let Some(lr) = self.lr {
-            if !(lr.is_finite() && lr > 0.0) {
-                bail!("--lr must be a positive number, got {lr}");
-            }
+        if let Some(lr) = self.lr
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            bail!("--lr must be a positive number, got {lr}");
         }
         Ok(())
     }
@@ -587,6 +587,10 @@ fn train_inner(
 }
 
 /// `cnnc eval`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one parameter per command-line option"
+)]
 pub fn eval(
     spec: &str,
     weights_path: &str,
