@@ -242,3 +242,44 @@ fn bad_data_folder_is_a_clear_error() {
     assert_eq!(code, 1);
     assert!(err.contains("--split"), "{err}");
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_saves_a_checkpoint_and_exits_130() {
+    let dir = tmp("sigint");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+        .args([
+            "train",
+            "examples/models/seed.yaml",
+            "--epochs",
+            "5",
+            "--limit",
+            "30000",
+            "--val",
+            "100",
+            "--threads",
+            "1",
+            "--json",
+            "--run-dir",
+            &dir,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cnnc starts");
+    // Let it load the data and take some steps, then interrupt it as a terminal would.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let out = child.wait_with_output().expect("cnnc exits");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("checkpoint"), "{err}");
+    let ckpt = Path::new(&dir).join("checkpoint.safetensors");
+    assert!(ckpt.exists(), "no checkpoint after Ctrl-C: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
