@@ -1,16 +1,21 @@
-//! Backward of `nn.Conv2d`: im2col + GEMM, parallel over the batch, deterministic reduction.
+//! Backward of `nn.Conv2d`, parallel over the batch, deterministic reduction.
 //!
-//! Per group and per chunk of images:
-//! - `d_weight += d_out · im2col(x)ᵀ` (one GEMM, `C_out/g × cols · cols × C_in/g·kH·kW`);
-//! - usually `d_col = Wᵀ · d_out`, then col2im adds the columns back into `d_input`;
-//! - stride 1 with fewer output than input channels: `d_input = Wᵀ_flipped · im2col(d_out)` —
-//!   the transposed convolution as a forward one, written straight into `d_input`.
+//! - Weight and bias gradient ([`LanePlan`]): 16 images per vector lane; each slot of 16 images
+//!   accumulates `d_out · shifted input` in 4 × 4 register tiles over every output position,
+//!   AVX-512 or portable ([`Isa`]); slots are summed in order.
+//! - Input gradient, stride 1: the forward convolution kernel ([`kernels::conv2d`]) run on
+//!   `d_out` with the flipped, transposed weights, for the whole batch.
+//! - Input gradient otherwise (strides, or a transposed padding that would be negative), per
+//!   chunk of images with im2col + GEMM: usually `d_col = Wᵀ · d_out`, then col2im adds the
+//!   columns back into `d_input`; stride 1 with fewer output than input channels:
+//!   `d_input = Wᵀ_flipped · im2col(d_out)`. The same slots can also compute the weight gradient
+//!   as `d_out · im2col(x)ᵀ` (the previous path, kept for comparison and tests).
 
 use rayon::prelude::*;
 
 use super::{Mat, check_len, gemm_f32};
 use crate::geom::Conv2dGeom;
-use crate::kernels;
+use crate::kernels::{self, Isa};
 
 /// Output columns (images × output positions) per weight-gradient GEMM: big enough to keep the
 /// GEMM efficient, small enough that the im2col buffer stays near the L2 cache.
@@ -46,6 +51,9 @@ struct Plan {
     fwd_dx: bool,
     /// Scratch of that forward convolution (0 unless `fwd_dx`).
     fwd_len: usize,
+    /// The weight gradient is computed by [`lane_dw`] (images in vector lanes) with this
+    /// instruction set; the GEMM slots then only compute the input gradient, if needed.
+    lane: Option<LanePlan>,
     /// Length of the shared, flipped and transposed weights (0 unless `transposed` or
     /// `fwd_dx`).
     wt_len: usize,
@@ -58,12 +66,13 @@ struct Plan {
 }
 
 fn plan(g: &Conv2dGeom, batch: usize) -> Plan {
-    plan_with(g, batch, true)
+    plan_with(g, batch, true, Some(Isa::detect()))
 }
 
-/// [`plan`], optionally forbidding the forward-kernel input gradient (tests use this to keep
-/// the GEMM paths covered).
-fn plan_with(g: &Conv2dGeom, batch: usize, allow_fwd_dx: bool) -> Plan {
+/// [`plan`], optionally forbidding the forward-kernel input gradient and choosing the
+/// lane weight gradient's instruction set, or the GEMM weight gradient with `None` (tests use
+/// this to keep every path covered).
+fn plan_with(g: &Conv2dGeom, batch: usize, allow_fwd_dx: bool, lane_isa: Option<Isa>) -> Plan {
     assert!(
         g.groups > 0
             && g.in_channels.is_multiple_of(g.groups)
@@ -122,6 +131,7 @@ fn plan_with(g: &Conv2dGeom, batch: usize, allow_fwd_dx: bool) -> Plan {
         0
     });
     let per_slot = col_len + pad_len + dy_len + g.weight_len() + g.out_channels;
+    let lane = lane_isa.map(|isa| LanePlan::new(g, batch, isa));
     Plan {
         imgs_per_slot,
         slots,
@@ -134,6 +144,7 @@ fn plan_with(g: &Conv2dGeom, batch: usize, allow_fwd_dx: bool) -> Plan {
         transposed,
         fwd_dx,
         fwd_len,
+        lane,
         wt_len: if transposed || fwd_dx {
             g.weight_len()
         } else {
@@ -158,7 +169,8 @@ pub fn conv2d_backward_scratch_len(g: &Conv2dGeom, batch: usize) -> usize {
 
 impl Plan {
     fn scratch_len(&self) -> usize {
-        self.wt_len + (self.slots * self.per_slot).max(self.fwd_len)
+        let lane = self.lane.map_or(0, |l| l.slots * l.per_slot);
+        self.wt_len + (self.slots * self.per_slot).max(self.fwd_len).max(lane)
     }
 }
 
@@ -293,33 +305,30 @@ fn backward_with(
         let gt = transposed_geom(g).expect("fwd_dx implies a transposed geometry");
         kernels::conv2d(&gt, batch, d_out, wt, None, dx, &mut scratch[..pl.fwd_len]);
     }
-    let scratch = &mut scratch[..pl.slots * pl.per_slot];
-    let ips = pl.imgs_per_slot;
-    let work = |s: usize, sc: &mut [f32], dx: Option<&mut [f32]>| {
-        let i0 = s * ips;
-        let n = ips.min(batch - i0);
-        let slot = Slot {
-            g,
-            pl: &pl,
-            x: &input[i0 * in_len..(i0 + n) * in_len],
-            w: weight,
-            wt,
-            dy: &d_out[i0 * out_len..(i0 + n) * out_len],
-        };
-        slot.run(n, dx, sc);
-    };
-    match d_input {
-        Some(dx) => scratch
-            .par_chunks_mut(pl.per_slot)
-            .zip(dx.par_chunks_mut(ips * in_len))
-            .enumerate()
-            .for_each(|(s, (sc, dx))| work(s, sc, Some(dx))),
-        None => scratch
-            .par_chunks_mut(pl.per_slot)
-            .enumerate()
-            .for_each(|(s, sc)| work(s, sc, None)),
+    if let Some(lp) = &pl.lane {
+        if let Some(dx) = d_input.take() {
+            // Input gradient only, on the GEMM slots; the weight gradient follows.
+            slot_pass(
+                &pl,
+                g,
+                batch,
+                input,
+                weight,
+                wt,
+                d_out,
+                Some(dx),
+                false,
+                scratch,
+            );
+        }
+        lane_dw(lp, g, batch, input, d_out, d_weight, d_bias, scratch);
+        return;
     }
+    slot_pass(
+        &pl, g, batch, input, weight, wt, d_out, d_input, true, scratch,
+    );
     // Deterministic reduction: slot 0 first, then each later slot in order.
+    let scratch = &scratch[..pl.slots * pl.per_slot];
     let part_off = pl.col_len + pl.pad_len + pl.dy_len;
     let wl = g.weight_len();
     let mut slots = scratch.chunks(pl.per_slot).map(|sc| &sc[part_off..]);
@@ -338,6 +347,51 @@ fn backward_with(
                 *d += s;
             }
         }
+    }
+}
+
+/// The GEMM slots in parallel: each computes its images' input gradient (if `d_input`) and,
+/// with `do_dw`, leaves a partial weight and bias gradient in its part of `scratch`.
+#[expect(clippy::too_many_arguments, reason = "the operands of conv2d_backward")]
+fn slot_pass(
+    pl: &Plan,
+    g: &Conv2dGeom,
+    batch: usize,
+    input: &[f32],
+    weight: &[f32],
+    wt: &[f32],
+    d_out: &[f32],
+    d_input: Option<&mut [f32]>,
+    do_dw: bool,
+    scratch: &mut [f32],
+) {
+    let (in_len, out_len) = (g.in_len(), g.out_len());
+    let scratch = &mut scratch[..pl.slots * pl.per_slot];
+    let ips = pl.imgs_per_slot;
+    let work = |s: usize, sc: &mut [f32], dx: Option<&mut [f32]>| {
+        let i0 = s * ips;
+        let n = ips.min(batch - i0);
+        let slot = Slot {
+            g,
+            pl,
+            x: &input[i0 * in_len..(i0 + n) * in_len],
+            w: weight,
+            wt,
+            dy: &d_out[i0 * out_len..(i0 + n) * out_len],
+            do_dw,
+        };
+        slot.run(n, dx, sc);
+    };
+    match d_input {
+        Some(dx) => scratch
+            .par_chunks_mut(pl.per_slot)
+            .zip(dx.par_chunks_mut(ips * in_len))
+            .enumerate()
+            .for_each(|(s, (sc, dx))| work(s, sc, Some(dx))),
+        None => scratch
+            .par_chunks_mut(pl.per_slot)
+            .enumerate()
+            .for_each(|(s, sc)| work(s, sc, None)),
     }
 }
 
@@ -366,6 +420,8 @@ struct Slot<'a> {
     w: &'a [f32],
     wt: &'a [f32],
     dy: &'a [f32],
+    /// Compute the partial weight and bias gradient (else only the input gradient).
+    do_dw: bool,
 }
 
 impl Slot<'_> {
@@ -407,26 +463,30 @@ impl Slot<'_> {
                 }
                 &dyg[..g.out_channels * cols]
             };
-            for (co, d) in pb.iter_mut().enumerate() {
-                *d += sum_row(&dyc[co * cols..(co + 1) * cols]);
+            if self.do_dw {
+                for (co, d) in pb.iter_mut().enumerate() {
+                    *d += sum_row(&dyc[co * cols..(co + 1) * cols]);
+                }
             }
             for grp in 0..g.groups {
-                for b in 0..nb {
-                    let img = &self.x[(b0 + b) * in_len..(b0 + b + 1) * in_len];
-                    let planes = &img[grp * cin_g * hw..(grp + 1) * cin_g * hw];
-                    fwd.im2col(planes, cin_g, xp, col, cols, b * p);
-                }
                 let dy_g = &dyc[grp * cout_g * cols..(grp + 1) * cout_g * cols];
-                // d_weight_g (+)= d_out_g [C_out_g, cols] · colᵀ [cols, kg]
-                gemm_f32(
-                    &mut pw[grp * wg_len..(grp + 1) * wg_len],
-                    Mat::row_major(cout_g, kg),
-                    ci > 0,
-                    dy_g,
-                    Mat::row_major(cout_g, cols),
-                    col,
-                    Mat::transposed(cols, kg),
-                );
+                if self.do_dw {
+                    for b in 0..nb {
+                        let img = &self.x[(b0 + b) * in_len..(b0 + b + 1) * in_len];
+                        let planes = &img[grp * cin_g * hw..(grp + 1) * cin_g * hw];
+                        fwd.im2col(planes, cin_g, xp, col, cols, b * p);
+                    }
+                    // d_weight_g (+)= d_out_g [C_out_g, cols] · colᵀ [cols, kg]
+                    gemm_f32(
+                        &mut pw[grp * wg_len..(grp + 1) * wg_len],
+                        Mat::row_major(cout_g, kg),
+                        ci > 0,
+                        dy_g,
+                        Mat::row_major(cout_g, cols),
+                        col,
+                        Mat::transposed(cols, kg),
+                    );
+                }
                 let Some(dx) = dx.as_deref_mut() else {
                     continue;
                 };
@@ -475,6 +535,384 @@ impl Slot<'_> {
             }
         }
     }
+}
+
+/// Images per vector of the lane weight gradient (one AVX-512 register of `f32`).
+const LANES: usize = 16;
+/// Output channels per register tile of the lane weight gradient.
+const LR: usize = 4;
+/// Kernel taps per register tile (`LR × LT` accumulators, `LR + LT` loads per output position;
+/// 4 × 5 was measured slower: LLVM spilled its 20 accumulators).
+const LT: usize = 4;
+const _: () = assert!(LT == 4, "tile_dispatch instantiates T = 1..=4");
+
+/// The weight gradient with images in vector lanes: each slot takes 16 images, copies its
+/// input zero-padded as `[C_in/g][Hp][Wp][16]` and its `d_out` as `[C_out/g][P][16]`, and
+/// accumulates `d_w[co][ci][tap] = Σ_{p, image} d_out[co][p] · x[ci][p·stride + tap]` in
+/// register tiles of 4 output channels × 4 taps, one vector of 16 images per accumulator,
+/// over every output position; nothing is unfolded (every tap is one shifted load), and no
+/// lane is wasted on padding columns. Slots hold 16 images each (a function of the batch only)
+/// and are reduced in order.
+#[derive(Debug, Clone, Copy)]
+struct LanePlan {
+    isa: Isa,
+    slots: usize,
+    /// Padded plane of the input copy (`Unfold::forward(g).padded_dims()`).
+    hp: usize,
+    wp: usize,
+    xt_len: usize,
+    dyt_len: usize,
+    per_slot: usize,
+}
+
+impl LanePlan {
+    fn new(g: &Conv2dGeom, batch: usize, isa: Isa) -> Self {
+        let cin_g = g.in_channels / g.groups;
+        let cout_g = g.out_channels / g.groups;
+        let fwd = Unfold::forward(g);
+        let (hp, wp) = if fwd.pad_len(1) == 0 {
+            (0, 0)
+        } else {
+            fwd.padded_dims()
+        };
+        let xt_len = cin_g * hp * wp * LANES;
+        let dyt_len = cout_g * g.out_h * g.out_w * LANES;
+        Self {
+            isa,
+            slots: batch.div_ceil(LANES).max(1),
+            hp,
+            wp,
+            xt_len,
+            dyt_len,
+            // + LANES: room to start the copies on a 64-byte boundary (full-line vector loads).
+            per_slot: LANES + xt_len + dyt_len + g.weight_len() + g.out_channels,
+        }
+    }
+}
+
+/// Output-grid walk shared by the tile kernels.
+struct TileGeom {
+    out_h: usize,
+    out_w: usize,
+    sh: usize,
+    sw: usize,
+    wp: usize,
+    /// Output positions (`out_h · out_w`): the row stride of the `d_out` copy, in vectors.
+    p: usize,
+}
+
+/// Weight and bias gradient of the whole batch through [`LanePlan`] slots, in parallel.
+#[expect(clippy::too_many_arguments, reason = "the operands of conv2d_backward")]
+fn lane_dw(
+    lp: &LanePlan,
+    g: &Conv2dGeom,
+    batch: usize,
+    input: &[f32],
+    d_out: &[f32],
+    d_weight: &mut [f32],
+    d_bias: Option<&mut [f32]>,
+    scratch: &mut [f32],
+) {
+    let (in_len, out_len) = (g.in_len(), g.out_len());
+    let scratch = &mut scratch[..lp.slots * lp.per_slot];
+    scratch
+        .par_chunks_mut(lp.per_slot)
+        .enumerate()
+        .for_each(|(s, sc)| {
+            let i0 = s * LANES;
+            let n = LANES.min(batch - i0);
+            lane_slot(
+                lp,
+                g,
+                n,
+                &input[i0 * in_len..(i0 + n) * in_len],
+                &d_out[i0 * out_len..(i0 + n) * out_len],
+                sc,
+            );
+        });
+    // Deterministic reduction: slot 0 first, then each later slot in order.
+    let part_off = LANES + lp.xt_len + lp.dyt_len;
+    let wl = g.weight_len();
+    let mut slots = scratch.chunks(lp.per_slot).map(|sc| &sc[part_off..]);
+    let first = slots.next().expect("batch > 0 gives one slot");
+    d_weight.copy_from_slice(&first[..wl]);
+    let mut db = d_bias;
+    if let Some(db) = db.as_deref_mut() {
+        db.copy_from_slice(&first[wl..wl + g.out_channels]);
+    }
+    for part in slots {
+        for (d, s) in d_weight.iter_mut().zip(&part[..wl]) {
+            *d += s;
+        }
+        if let Some(db) = db.as_deref_mut() {
+            for (d, s) in db.iter_mut().zip(&part[wl..wl + g.out_channels]) {
+                *d += s;
+            }
+        }
+    }
+}
+
+/// One slot of at most 16 images: overwrites its partial `d_weight`/`d_bias` at the end of `sc`.
+fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, n: usize, x: &[f32], dy: &[f32], sc: &mut [f32]) {
+    // Align the copies to 64 bytes; the partial gradients stay at a fixed offset (`LANES`
+    // floats past the copies, see `lane_dw`), so the skipped prefix goes at the end.
+    let skip = sc.as_ptr().align_offset(64).min(LANES);
+    let (sc, tail) = sc.split_at_mut(LANES + lp.xt_len + lp.dyt_len);
+    let (xt, rest) = sc[skip..].split_at_mut(lp.xt_len);
+    let (dyt, _) = rest.split_at_mut(lp.dyt_len);
+    let part = tail;
+    let (pw, pb) = part.split_at_mut(g.weight_len());
+    let pb = &mut pb[..g.out_channels];
+    let (in_len, out_len) = (g.in_len(), g.out_len());
+    let p = g.out_h * g.out_w;
+    let hw = g.in_h * g.in_w;
+    let cin_g = g.in_channels / g.groups;
+    let cout_g = g.out_channels / g.groups;
+    let kk = g.kernel_h * g.kernel_w;
+    for (co, d) in pb.iter_mut().enumerate() {
+        *d = 0.0;
+        for b in 0..n {
+            *d += sum_row(&dy[b * out_len + co * p..][..p]);
+        }
+    }
+    if lp.hp == 0 || kk == 0 {
+        pw.fill(0.0);
+        return;
+    }
+    let (hp, wp) = (lp.hp, lp.wp);
+    let fwd = Unfold::forward(g);
+    // Source columns that land in the padded row: padded column `c` holds source `c − pad_w`.
+    let c_lo = fwd.pad_w.max(0) as usize;
+    let first_src = (-fwd.pad_w).max(0) as usize;
+    let n_cols = g
+        .in_w
+        .saturating_sub(first_src)
+        .min(wp.saturating_sub(c_lo));
+    let geo = TileGeom {
+        out_h: g.out_h,
+        out_w: g.out_w,
+        sh: g.stride_h,
+        sw: g.stride_w,
+        wp,
+        p,
+    };
+    for grp in 0..g.groups {
+        xt.fill(0.0);
+        for b in 0..n {
+            for c in 0..cin_g {
+                let plane = &x[b * in_len + (grp * cin_g + c) * hw..][..hw];
+                for r in 0..hp {
+                    let sr = r as isize - fwd.pad_h;
+                    if sr < 0 || sr >= g.in_h as isize {
+                        continue;
+                    }
+                    let src = &plane[sr as usize * g.in_w + first_src..][..n_cols];
+                    let dst = &mut xt[((c * hp + r) * wp + c_lo) * LANES + b..];
+                    for (k, &v) in src.iter().enumerate() {
+                        dst[k * LANES] = v;
+                    }
+                }
+            }
+        }
+        if n < LANES {
+            dyt.fill(0.0);
+        }
+        for co in 0..cout_g {
+            for b in 0..n {
+                let src = &dy[b * out_len + (grp * cout_g + co) * p..][..p];
+                let dst = &mut dyt[co * p * LANES + b..];
+                for (q, &v) in src.iter().enumerate() {
+                    dst[q * LANES] = v;
+                }
+            }
+        }
+        for ci in 0..cin_g {
+            let xpl = &xt[ci * hp * wp * LANES..][..hp * wp * LANES];
+            for co0 in (0..cout_g).step_by(LR) {
+                let rows = LR.min(cout_g - co0);
+                for t0 in (0..kk).step_by(LT) {
+                    let nt = LT.min(kk - t0);
+                    let mut offs = [0usize; LT];
+                    for (t, o) in offs[..nt].iter_mut().enumerate() {
+                        let tap = t0 + t;
+                        *o = (tap / g.kernel_w) * g.dilation_h * wp
+                            + (tap % g.kernel_w) * g.dilation_w;
+                    }
+                    let mut out = [[0.0f32; LT]; LR];
+                    if rows == LR {
+                        tile_dispatch::<LR>(
+                            lp.isa,
+                            nt,
+                            &dyt[co0 * p * LANES..(co0 + LR) * p * LANES],
+                            xpl,
+                            &offs,
+                            &geo,
+                            &mut out,
+                        );
+                    } else {
+                        for r in 0..rows {
+                            let (one, _) = out[r..].split_at_mut(1);
+                            tile_dispatch::<1>(
+                                lp.isa,
+                                nt,
+                                &dyt[(co0 + r) * p * LANES..(co0 + r + 1) * p * LANES],
+                                xpl,
+                                &offs,
+                                &geo,
+                                one.try_into().expect("one row"),
+                            );
+                        }
+                    }
+                    for (r, o) in out[..rows].iter().enumerate() {
+                        let dst = &mut pw[((grp * cout_g + co0 + r) * cin_g + ci) * kk + t0..];
+                        dst[..nt].copy_from_slice(&o[..nt]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs the `R × nt` tile kernel for the instruction set, after checking every load it will
+/// make lies inside `dy` and `x`.
+fn tile_dispatch<const R: usize>(
+    isa: Isa,
+    nt: usize,
+    dy: &[f32],
+    x: &[f32],
+    offs: &[usize; LT],
+    geo: &TileGeom,
+    out: &mut [[f32; LT]; R],
+) {
+    assert!(geo.out_h > 0 && geo.out_w > 0 && (1..=LT).contains(&nt));
+    assert!(
+        dy.len() >= R * geo.p * LANES,
+        "lane dw: d_out rows out of bounds"
+    );
+    let last = ((geo.out_h - 1) * geo.sh * geo.wp
+        + (geo.out_w - 1) * geo.sw
+        + offs[..nt].iter().copied().max().unwrap_or(0))
+        * LANES
+        + LANES;
+    assert!(last <= x.len(), "lane dw: input window out of bounds");
+    macro_rules! run {
+        ($t:literal) => {{
+            let r: [[f32; $t]; R] = tile::<R, $t>(isa, dy, x, offs, geo);
+            for (o, v) in out.iter_mut().zip(&r) {
+                o[..$t].copy_from_slice(v);
+            }
+        }};
+    }
+    match nt {
+        1 => run!(1),
+        2 => run!(2),
+        3 => run!(3),
+        _ => run!(4),
+    }
+}
+
+/// `out[r][t] = Σ_{position, lane} dy[r][position][lane] · x[window(position) + offs[t]][lane]`.
+/// The caller ([`tile_dispatch`]) has checked the bounds.
+fn tile<const R: usize, const T: usize>(
+    isa: Isa,
+    dy: &[f32],
+    x: &[f32],
+    offs: &[usize; LT],
+    geo: &TileGeom,
+) -> [[f32; T]; R] {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: `Isa::Avx512` is only used when avx512f is available (`Isa::detect`, or
+        // tests that check `is_available`); `tile_dispatch` asserted that every load
+        // (`dy[r·P·16 + q·16..][..16]`, `x[(window + offs[t])·16..][..16]`) is in bounds.
+        return unsafe { tile_avx512::<R, T>(dy, x, offs, geo) };
+    }
+    let _ = isa;
+    tile_portable::<R, T>(dy, x, offs, geo)
+}
+
+fn tile_portable<const R: usize, const T: usize>(
+    dy: &[f32],
+    x: &[f32],
+    offs: &[usize; LT],
+    geo: &TileGeom,
+) -> [[f32; T]; R] {
+    let mut acc = [[[0.0f32; LANES]; T]; R];
+    let rs = geo.p * LANES;
+    let mut q = 0;
+    for oh in 0..geo.out_h {
+        let xrow = oh * geo.sh * geo.wp;
+        for ow in 0..geo.out_w {
+            let xb = xrow + ow * geo.sw;
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let d: &[f32; LANES] = dy[r * rs + q * LANES..][..LANES]
+                    .try_into()
+                    .expect("one vector");
+                for (t, a) in acc_r.iter_mut().enumerate() {
+                    let xv: &[f32; LANES] = x[(xb + offs[t]) * LANES..][..LANES]
+                        .try_into()
+                        .expect("one vector");
+                    for l in 0..LANES {
+                        a[l] += d[l] * xv[l];
+                    }
+                }
+            }
+            q += 1;
+        }
+    }
+    acc.map(|row| row.map(|a| a.iter().sum()))
+}
+
+/// [`tile_portable`] with AVX-512 FMAs and a horizontal sum per accumulator.
+///
+/// # Safety
+/// avx512f must be available, and every load described in [`tile_dispatch`] in bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_avx512<const R: usize, const T: usize>(
+    dy: &[f32],
+    x: &[f32],
+    offs: &[usize; LT],
+    geo: &TileGeom,
+) -> [[f32; T]; R] {
+    use std::arch::x86_64::{
+        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
+    };
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut ol = [0usize; T];
+    for (o, s) in ol.iter_mut().zip(offs) {
+        *o = s * LANES;
+    }
+    let rs = geo.p * LANES;
+    let (dp, xp) = (dy.as_ptr(), x.as_ptr());
+    let mut qo = 0;
+    for oh in 0..geo.out_h {
+        let xrow = oh * geo.sh * geo.wp;
+        for ow in 0..geo.out_w {
+            let xb = (xrow + ow * geo.sw) * LANES;
+            let mut d = [_mm512_setzero_ps(); R];
+            for (r, v) in d.iter_mut().enumerate() {
+                // SAFETY: r·P·16 + q·16 + 16 ≤ R·P·16 ≤ dy.len() (asserted by the caller).
+                *v = unsafe { _mm512_loadu_ps(dp.add(r * rs + qo)) };
+            }
+            for t in 0..T {
+                // SAFETY: window + offs[t] is at most the `last` vector checked by the caller.
+                let xv = unsafe { _mm512_loadu_ps(xp.add(xb + ol[t])) };
+                for r in 0..R {
+                    acc[r][t] = _mm512_fmadd_ps(d[r], xv, acc[r][t]);
+                }
+            }
+            qo += LANES;
+        }
+    }
+    // Explicit loops: a closure would not inherit `target_feature` and would not inline.
+    let mut out = [[0.0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+        }
+    }
+    out
 }
 
 /// One im2col problem: channel planes of `src_h × src_w`, a `kh × kw` window with stride,
@@ -942,27 +1380,31 @@ mod tests {
         assert_close("d_input", &dx, &want_dx, 1e-4, 1e-4);
         assert_close("d_weight", &dw, &want_dw, 2e-4, 1e-4);
         assert_close("d_bias", &db, &want_db, 2e-4, 1e-4);
-        // The GEMM input-gradient paths (used when the forward kernel is not).
-        let mut dx_g = vec![f32::NAN; x.len()];
-        let mut dw_g = vec![f32::NAN; w.len()];
-        let mut db_g = vec![f32::NAN; b.len()];
-        let pl = plan_with(g, batch, false);
-        let mut scratch_g = vec![f32::NAN; pl.scratch_len()];
-        backward_with(
-            &pl,
-            g,
-            batch,
-            &x,
-            &w,
-            &r,
-            Some(&mut dx_g),
-            &mut dw_g,
-            Some(&mut db_g),
-            &mut scratch_g,
-        );
-        assert_close("d_input (gemm)", &dx_g, &want_dx, 1e-4, 1e-4);
-        assert_close("d_weight (gemm)", &dw_g, &want_dw, 2e-4, 1e-4);
-        assert_close("d_bias (gemm)", &db_g, &want_db, 2e-4, 1e-4);
+        // The other paths: GEMM input and weight gradients (used when the forward kernel is
+        // not, and kept as the lane path's alternative), and the portable lane kernel.
+        for (fwd, lane) in [(false, None), (true, Some(Isa::Portable))] {
+            let mut dx_g = vec![f32::NAN; x.len()];
+            let mut dw_g = vec![f32::NAN; w.len()];
+            let mut db_g = vec![f32::NAN; b.len()];
+            let pl = plan_with(g, batch, fwd, lane);
+            let mut scratch_g = vec![f32::NAN; pl.scratch_len()];
+            backward_with(
+                &pl,
+                g,
+                batch,
+                &x,
+                &w,
+                &r,
+                Some(&mut dx_g),
+                &mut dw_g,
+                Some(&mut db_g),
+                &mut scratch_g,
+            );
+            let what = format!("fwd {fwd} lane {lane:?}");
+            assert_close(&format!("d_input {what}"), &dx_g, &want_dx, 1e-4, 1e-4);
+            assert_close(&format!("d_weight {what}"), &dw_g, &want_dw, 2e-4, 1e-4);
+            assert_close(&format!("d_bias {what}"), &db_g, &want_db, 2e-4, 1e-4);
+        }
         // The weight-only path (first layer) gives the same weight gradient.
         let mut dw2 = vec![f32::NAN; w.len()];
         conv2d_backward(g, batch, &x, &w, &r, None, &mut dw2, None, &mut scratch);
@@ -1015,18 +1457,18 @@ mod tests {
     #[test]
     fn transposed_path_fewer_outputs_than_inputs() {
         let g = geom(5, 2, 1, (7, 6), (5, 3), (1, 1), (2, 1), (1, 1));
-        assert!(plan_with(&g, 3, false).transposed);
+        assert!(plan_with(&g, 3, false, None).transposed);
         check_fd(&g, 3, 11);
         // Dilated, grouped, asymmetric "same" padding and padding wider than the kernel.
         let g = geom(6, 4, 2, (6, 7), (3, 2), (1, 1), (2, 1), (2, 3));
-        assert!(plan_with(&g, 2, false).transposed);
+        assert!(plan_with(&g, 2, false, None).transposed);
         check_fd(&g, 2, 12);
         let mut g = geom(4, 2, 1, (6, 5), (4, 4), (1, 1), (1, 1), (1, 1));
         (g.out_h, g.out_w) = (6, 5);
-        assert!(plan_with(&g, 2, false).transposed);
+        assert!(plan_with(&g, 2, false, None).transposed);
         check_fd(&g, 2, 13);
         let g = geom(3, 1, 1, (3, 2), (2, 2), (1, 1), (3, 3), (1, 1));
-        assert!(plan_with(&g, 2, false).transposed);
+        assert!(plan_with(&g, 2, false, None).transposed);
         check_fd(&g, 2, 14);
     }
 
@@ -1100,6 +1542,48 @@ mod tests {
             assert_close("d_input", &got.0, &to_f64(&want.0), 1e-4, 1e-4);
             assert_close("d_weight", &got.1, &to_f64(&want.1), 1e-3, 1e-4);
             assert_close("d_bias", &got.2, &to_f64(&want.2), 1e-3, 1e-4);
+            // Full 4-row tiles of the lane weight gradient, on both instruction sets (and a
+            // batch that fills one slot and part of the next).
+            let mut isas = vec![Isa::Portable];
+            if Isa::Avx512.is_available() {
+                isas.push(Isa::Avx512);
+            }
+            let batch = 19;
+            let x = rng.vec(batch * g.in_len(), -1.0, 1.0);
+            let r = rng.vec(batch * g.out_len(), -1.0, 1.0);
+            let mut want = (vec![0.0; w.len()], vec![0.0; g.out_channels]);
+            conv2d_backward_reference(g, batch, &x, &w, &r, None, &mut want.0, Some(&mut want.1));
+            for isa in isas {
+                let pl = plan_with(g, batch, true, Some(isa));
+                let mut scratch = vec![f32::NAN; pl.scratch_len()];
+                let mut got = (vec![f32::NAN; w.len()], vec![f32::NAN; g.out_channels]);
+                backward_with(
+                    &pl,
+                    g,
+                    batch,
+                    &x,
+                    &w,
+                    &r,
+                    None,
+                    &mut got.0,
+                    Some(&mut got.1),
+                    &mut scratch,
+                );
+                assert_close(
+                    &format!("d_weight {isa:?}"),
+                    &got.0,
+                    &to_f64(&want.0),
+                    2e-3,
+                    1e-4,
+                );
+                assert_close(
+                    &format!("d_bias {isa:?}"),
+                    &got.1,
+                    &to_f64(&want.1),
+                    2e-3,
+                    1e-4,
+                );
+            }
         }
     }
 
@@ -1109,7 +1593,7 @@ mod tests {
         for (cout, transposed) in [(8, true), (32, false)] {
             let g = geom(32, cout, 1, (10, 10), (5, 5), (1, 1), (2, 2), (1, 1));
             let batch = 27;
-            let pl = plan_with(&g, batch, false);
+            let pl = plan_with(&g, batch, false, None);
             assert_eq!(
                 (pl.imgs_per_slot, pl.chunk, pl.transposed),
                 (4, 2, transposed)
