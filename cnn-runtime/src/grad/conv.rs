@@ -698,33 +698,26 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, n: usize, x: &[f32], dy: &[f32], sc:
     };
     for grp in 0..g.groups {
         xt.fill(0.0);
-        for b in 0..n {
-            for c in 0..cin_g {
-                let plane = &x[b * in_len + (grp * cin_g + c) * hw..][..hw];
-                for r in 0..hp {
-                    let sr = r as isize - fwd.pad_h;
-                    if sr < 0 || sr >= g.in_h as isize {
-                        continue;
-                    }
-                    let src = &plane[sr as usize * g.in_w + first_src..][..n_cols];
-                    let dst = &mut xt[((c * hp + r) * wp + c_lo) * LANES + b..];
-                    for (k, &v) in src.iter().enumerate() {
-                        dst[k * LANES] = v;
-                    }
+        let mut rows: [&[f32]; LANES] = [&[]; LANES];
+        for c in 0..cin_g {
+            for r in 0..hp {
+                let sr = r as isize - fwd.pad_h;
+                if sr < 0 || sr >= g.in_h as isize {
+                    continue;
                 }
+                for (b, row) in rows[..n].iter_mut().enumerate() {
+                    let plane = &x[b * in_len + (grp * cin_g + c) * hw..][..hw];
+                    *row = &plane[sr as usize * g.in_w + first_src..][..n_cols];
+                }
+                let dst = &mut xt[((c * hp + r) * wp + c_lo) * LANES..][..n_cols * LANES];
+                interleave(lp.isa, &rows[..n], dst);
             }
-        }
-        if n < LANES {
-            dyt.fill(0.0);
         }
         for co in 0..cout_g {
-            for b in 0..n {
-                let src = &dy[b * out_len + (grp * cout_g + co) * p..][..p];
-                let dst = &mut dyt[co * p * LANES + b..];
-                for (q, &v) in src.iter().enumerate() {
-                    dst[q * LANES] = v;
-                }
+            for (b, row) in rows[..n].iter_mut().enumerate() {
+                *row = &dy[b * out_len + (grp * cout_g + co) * p..][..p];
             }
+            interleave(lp.isa, &rows[..n], &mut dyt[co * p * LANES..][..p * LANES]);
         }
         for ci in 0..cin_g {
             let xpl = &xt[ci * hp * wp * LANES..][..hp * wp * LANES];
@@ -770,6 +763,109 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, n: usize, x: &[f32], dy: &[f32], sc:
                 }
             }
         }
+    }
+}
+
+/// `dst[k·16 + b] = rows[b][k]` for every `k`, zero for lanes `b ≥ rows.len()`: up to 16 equal
+/// rows (one per image) interleaved into vectors of 16 lanes.
+fn interleave(isa: Isa, rows: &[&[f32]], dst: &mut [f32]) {
+    let m = dst.len() / LANES;
+    assert!(
+        rows.len() <= LANES && dst.len() == m * LANES && rows.iter().all(|r| r.len() == m),
+        "interleave: {} rows for {} columns",
+        rows.len(),
+        m
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: avx512f is available for `Isa::Avx512`; the assert above gives every row
+        // exactly `m` elements and `dst` `m` vectors, which bound the masked loads and the
+        // stores of `interleave_avx512`.
+        unsafe { interleave_avx512(rows, dst, m) };
+        return;
+    }
+    let _ = isa;
+    for (k, d) in dst.chunks_exact_mut(LANES).enumerate() {
+        for (b, v) in d.iter_mut().enumerate() {
+            *v = rows.get(b).map_or(0.0, |r| r[k]);
+        }
+    }
+}
+
+/// [`interleave`] by 16 × 16 in-register transposes of masked row loads.
+///
+/// # Safety
+/// avx512f must be available; `rows.len() ≤ 16`, each row has `m` elements, `dst` `16·m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_avx512(rows: &[&[f32]], dst: &mut [f32], m: usize) {
+    use std::arch::x86_64::{
+        _mm512_castpd_ps, _mm512_castps_pd, _mm512_maskz_loadu_ps, _mm512_setzero_ps,
+        _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_unpackhi_pd, _mm512_unpackhi_ps,
+        _mm512_unpacklo_pd, _mm512_unpacklo_ps,
+    };
+    let dp = dst.as_mut_ptr();
+    let mut k0 = 0;
+    while k0 < m {
+        let cols = LANES.min(m - k0);
+        let mask = ((1u32 << cols) - 1) as u16;
+        let mut r = [_mm512_setzero_ps(); LANES];
+        for (v, row) in r.iter_mut().zip(rows) {
+            // SAFETY: lanes `< cols` read row[k0..k0 + cols], inside the row; masked-off lanes
+            // are not accessed.
+            *v = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(k0)) };
+        }
+        // Macros, not closures: a closure would not inherit `target_feature` (no inlining).
+        macro_rules! lo2 {
+            ($a:expr, $b:expr) => {
+                _mm512_castpd_ps(_mm512_unpacklo_pd(
+                    _mm512_castps_pd($a),
+                    _mm512_castps_pd($b),
+                ))
+            };
+        }
+        macro_rules! hi2 {
+            ($a:expr, $b:expr) => {
+                _mm512_castpd_ps(_mm512_unpackhi_pd(
+                    _mm512_castps_pd($a),
+                    _mm512_castps_pd($b),
+                ))
+            };
+        }
+        // u[4q + j]: rows 4q..4q+4 of column 4·lane + j, per 128-bit lane.
+        let mut u = [_mm512_setzero_ps(); LANES];
+        for q in 0..4 {
+            let (a, b, c, d) = (r[4 * q], r[4 * q + 1], r[4 * q + 2], r[4 * q + 3]);
+            let (t0, t1) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+            let (t2, t3) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+            u[4 * q] = lo2!(t0, t2);
+            u[4 * q + 1] = hi2!(t0, t2);
+            u[4 * q + 2] = lo2!(t1, t3);
+            u[4 * q + 3] = hi2!(t1, t3);
+        }
+        // v[j] (rows 0..8) and v[8 + j] (rows 8..16): columns j and j + 8 for j < 4, columns
+        // j and j + 8 (from lanes 1 and 3) for 4 ≤ j < 8.
+        let mut v = [_mm512_setzero_ps(); LANES];
+        for j in 0..4 {
+            for h in 0..2 {
+                let (a, b) = (u[8 * h + j], u[8 * h + 4 + j]);
+                v[8 * h + j] = _mm512_shuffle_f32x4::<0x88>(a, b);
+                v[8 * h + 4 + j] = _mm512_shuffle_f32x4::<0xdd>(a, b);
+            }
+        }
+        for j in 0..8 {
+            let col_lo = _mm512_shuffle_f32x4::<0x88>(v[j], v[8 + j]);
+            let col_hi = _mm512_shuffle_f32x4::<0xdd>(v[j], v[8 + j]);
+            if j < cols {
+                // SAFETY: column k0 + j < m, so its vector lies inside `dst` (16·m floats).
+                unsafe { _mm512_storeu_ps(dp.add((k0 + j) * LANES), col_lo) };
+            }
+            if j + 8 < cols {
+                // SAFETY: as above for column k0 + j + 8 < m.
+                unsafe { _mm512_storeu_ps(dp.add((k0 + j + 8) * LANES), col_hi) };
+            }
+        }
+        k0 += LANES;
     }
 }
 
@@ -1630,6 +1726,32 @@ mod tests {
             assert_close("d_input", &got.0, &to_f64(&want.0), 1e-4, 1e-4);
             assert_close("d_weight", &got.1, &to_f64(&want.1), 2e-3, 1e-4);
             assert_close("d_bias", &got.2, &to_f64(&want.2), 2e-3, 1e-4);
+        }
+    }
+
+    #[test]
+    fn interleave_matches_definition_on_both_isas() {
+        let mut isas = vec![Isa::Portable];
+        if Isa::Avx512.is_available() {
+            isas.push(Isa::Avx512);
+        }
+        for isa in isas {
+            for m in [1, 7, 16, 17, 33] {
+                for n in [1, 5, 16] {
+                    let data: Vec<Vec<f32>> = (0..n)
+                        .map(|b| (0..m).map(|k| (b * 100 + k) as f32).collect())
+                        .collect();
+                    let rows: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+                    let mut dst = vec![f32::NAN; m * LANES];
+                    interleave(isa, &rows, &mut dst);
+                    for k in 0..m {
+                        for b in 0..LANES {
+                            let want = if b < n { (b * 100 + k) as f32 } else { 0.0 };
+                            assert_eq!(dst[k * LANES + b], want, "{isa:?} m={m} n={n} k={k} b={b}");
+                        }
+                    }
+                }
+            }
         }
     }
 
