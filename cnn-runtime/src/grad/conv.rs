@@ -682,7 +682,7 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, n: usize, x: &[f32], dy: &[f32], sc:
     let (hp, wp) = (lp.hp, lp.wp);
     let fwd = Unfold::forward(g);
     // Source columns that land in the padded row: padded column `c` holds source `c − pad_w`.
-    let c_lo = fwd.pad_w.max(0) as usize;
+    let c_lo = (fwd.pad_w.max(0) as usize).min(lp.wp);
     let first_src = (-fwd.pad_w).max(0) as usize;
     let n_cols = g
         .in_w
@@ -697,14 +697,19 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, n: usize, x: &[f32], dy: &[f32], sc:
         p,
     };
     for grp in 0..g.groups {
-        xt.fill(0.0);
         let mut rows: [&[f32]; LANES] = [&[]; LANES];
         for c in 0..cin_g {
             for r in 0..hp {
+                // Zero only the padding; `interleave` writes (and zero-fills missing lanes of)
+                // the columns copied from the input.
+                let prow = &mut xt[(c * hp + r) * wp * LANES..][..wp * LANES];
                 let sr = r as isize - fwd.pad_h;
                 if sr < 0 || sr >= g.in_h as isize {
+                    prow.fill(0.0);
                     continue;
                 }
+                prow[..c_lo * LANES].fill(0.0);
+                prow[(c_lo + n_cols) * LANES..].fill(0.0);
                 for (b, row) in rows[..n].iter_mut().enumerate() {
                     let plane = &x[b * in_len + (grp * cin_g + c) * hw..][..hw];
                     *row = &plane[sr as usize * g.in_w + first_src..][..n_cols];
@@ -1566,6 +1571,17 @@ mod tests {
         let g = geom(3, 1, 1, (3, 2), (2, 2), (1, 1), (3, 3), (1, 1));
         assert!(plan_with(&g, 2, false, None).transposed);
         check_fd(&g, 2, 14);
+    }
+
+    #[test]
+    fn padding_wider_than_the_window_span() {
+        // Top/left padding beyond every window: the whole output reads zeros (or part of it).
+        let mut g = geom(2, 3, 1, (3, 4), (2, 2), (1, 1), (3, 4), (1, 1));
+        (g.out_h, g.out_w) = (2, 2);
+        check_fd(&g, 2, 15);
+        let mut g = geom(2, 3, 1, (3, 4), (2, 2), (1, 1), (3, 4), (1, 1));
+        (g.out_h, g.out_w) = (5, 6);
+        check_fd(&g, 2, 16);
     }
 
     #[test]
