@@ -247,7 +247,7 @@ fn bad_data_folder_is_a_clear_error() {
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_exits_130() {
     let dir = tmp("sigint");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cnnc"))
+    let child = Command::new(env!("CARGO_BIN_EXE_cnnc"))
         .args([
             "train",
             "examples/models/seed.yaml",
