@@ -132,6 +132,31 @@ fn train_json_writes_everything_and_resume_continues() {
     assert_eq!(j["per_class"].as_array().unwrap().len(), 10);
     assert!(j["accuracy"].as_f64().unwrap() > 0.5);
     assert!(Path::new(&format!("{plot}.png")).exists());
+
+    // `run` on an image uses the normalisation recorded in the trained weights.
+    let png_path = format!("{dir}/digit.png");
+    let file = std::fs::File::create(&png_path).unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 28, 28);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    let pixels: Vec<u8> = (0..784usize)
+        .map(|i| if (i % 28).abs_diff(14) < 3 { 255 } else { 0 })
+        .collect();
+    enc.write_header()
+        .unwrap()
+        .write_image_data(&pixels)
+        .unwrap();
+    let (code, out, err) = cnnc(&[
+        "run",
+        "examples/models/seed.yaml",
+        "--weights",
+        &w,
+        "--input",
+        &png_path,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("from the weights' metadata"), "{err}");
+    assert!(out.contains("top-3"), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -152,7 +152,22 @@ fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
         };
         let norm = match (&a.mean, &a.std) {
             (Some(m), Some(s)) => Some(io::ChannelNorm::new(m, s)?),
-            (None, None) => None,
+            // Weights trained by `cnnc train` record the normalisation they were trained with.
+            (None, None) => {
+                let meta = |k: &str| w.metadata().get(k).and_then(|v| v.parse::<f32>().ok());
+                match (meta("normalize_mean"), meta("normalize_std")) {
+                    (Some(m), Some(s)) => {
+                        eprintln!(
+                            "normalising the image with mean {m} and std {s} from the weights' metadata (override with --mean/--std)"
+                        );
+                        Some(io::ChannelNorm::new(
+                            &vec![m; shape[0]],
+                            &vec![s; shape[0]],
+                        )?)
+                    }
+                    _ => None,
+                }
+            }
             _ => bail!("give both --mean and --std, or neither"),
         };
         let img = io::read_image(Path::new(a.input), shape, norm.as_ref())?;
