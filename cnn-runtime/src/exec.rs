@@ -178,7 +178,7 @@ pub struct Executor {
     bufs: [Vec<f32>; 2],
     scratch: Vec<f32>,
     capacity: usize,
-    pool: rayon::ThreadPool,
+    pool: std::sync::Arc<rayon::ThreadPool>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -217,13 +217,15 @@ impl Executor {
                 Some(_) => {}
             }
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| ExecError::Threads {
-                threads,
-                message: e.to_string(),
-            })?;
+        let pool = std::sync::Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(|e| ExecError::Threads {
+                    threads,
+                    message: e.to_string(),
+                })?,
+        );
         let kernels = plan
             .steps
             .iter()
@@ -261,6 +263,13 @@ impl Executor {
     /// The weights.
     pub fn weights(&self) -> &Weights {
         &self.weights
+    }
+
+    /// The executor's thread pool. `forward` moves its work into this pool; calling it from
+    /// inside (`exec.pool().install(|| … exec.forward(…) …)`) runs it inline and saves the
+    /// hand-over between threads, which matters for batch-1 latency.
+    pub fn pool(&self) -> std::sync::Arc<rayon::ThreadPool> {
+        std::sync::Arc::clone(&self.pool)
     }
 
     /// Worker threads.
