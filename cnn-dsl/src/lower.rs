@@ -96,10 +96,7 @@ pub fn lower(spec: &ModelSpec, syntax: Syntax) -> Result<Model, Vec<Diagnostic>>
                 cx.diags.push(
                     Diagnostic::new(codes::ATTRIBUTE_TYPE, "model arguments must be named")
                         .primary(arg.value.span, "unnamed argument")
-                        .help(format!(
-                            "write {}",
-                            syntax.assign("input", cx.text_hint(&arg.value))
-                        )),
+                        .help(format!("write {}", syntax.assign("input", "[C, H, W]"))),
                 );
             }
         }
@@ -172,10 +169,6 @@ struct Lowerer {
 }
 
 impl Lowerer {
-    fn text_hint(&self, _v: &Value) -> &'static str {
-        "[C, H, W]"
-    }
-
     fn items(&mut self, items: &[Item], prefix: &str, top: Option<&str>, out: &mut Vec<Layer>) {
         let mut seen: HashMap<String, Span> = HashMap::new();
         for (i, item) in items.iter().enumerate() {

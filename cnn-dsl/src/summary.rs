@@ -1,7 +1,7 @@
 //! `cnnc summary`: a torchinfo/Keras-style table of a checked model (also of the checked prefix
 //! of a broken one), and `--explain`, which says where every dimension comes from.
 
-use crate::check::{CheckReport, CheckedLayer, CheckedModel, fmt_dims};
+use crate::check::{CheckReport, CheckedLayer, CheckedModel};
 use crate::ir::Model;
 use serde_json::json;
 use std::fmt::Write as _;
@@ -225,7 +225,6 @@ pub fn to_json(model: &Model, layers: &[CheckedLayer]) -> serde_json::Value {
         "activation_floats": total,
         "peak_activation_floats": peak,
         "output": layers.last().map_or(model.input.value.clone(), |l| l.output.clone()),
-        "trace": fmt_dims(&model.input.value),
     })
 }
 

@@ -536,7 +536,7 @@ impl Checker<'_> {
                     if let Some(decl) = c.in_channels
                         && decl.value != cin
                     {
-                        self.channel_mismatch(layer, decl, cin, "in_channels", origins);
+                        self.channel_mismatch(layer, decl, cin, "in_channels");
                         recovered_error = true;
                     }
                     let g = c.groups.value;
@@ -733,7 +733,7 @@ impl Checker<'_> {
                     if let Some(decl) = b.num_features
                         && decl.value != c
                     {
-                        self.channel_mismatch(layer, decl, c, "num_features", origins);
+                        self.channel_mismatch(layer, decl, c, "num_features");
                         recovered_error = true;
                     }
                     let cu = us(c);
@@ -908,14 +908,7 @@ impl Checker<'_> {
         }
     }
 
-    fn channel_mismatch(
-        &mut self,
-        layer: &Layer,
-        decl: Attr<u64>,
-        actual: u64,
-        attr: &str,
-        _origins: &[String],
-    ) {
+    fn channel_mismatch(&mut self, layer: &Layer, decl: Attr<u64>, actual: u64, attr: &str) {
         let span = decl.span.unwrap_or(layer.span);
         let trace = self.trace_line(&self.model.input.value);
         let what = if attr == "num_features" {
