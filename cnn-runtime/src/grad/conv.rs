@@ -157,6 +157,33 @@ fn plan_with(g: &Conv2dGeom, batch: usize, allow_fwd_dx: bool, lane_isa: Option<
     }
 }
 
+/// Sums the per-slot partial weight and bias gradients into `d_weight`/`d_bias` in slot order
+/// (slot 0 copied, later slots added), so the result does not depend on the thread count. Each
+/// part holds `wl` weight values followed by `cout` bias values.
+fn reduce_slots<'a>(
+    mut parts: impl Iterator<Item = &'a [f32]>,
+    wl: usize,
+    cout: usize,
+    d_weight: &mut [f32],
+    mut d_bias: Option<&mut [f32]>,
+) {
+    let first = parts.next().expect("batch > 0 gives one slot");
+    d_weight.copy_from_slice(&first[..wl]);
+    if let Some(db) = d_bias.as_deref_mut() {
+        db.copy_from_slice(&first[wl..wl + cout]);
+    }
+    for part in parts {
+        for (d, s) in d_weight.iter_mut().zip(&part[..wl]) {
+            *d += s;
+        }
+        if let Some(db) = d_bias.as_deref_mut() {
+            for (d, s) in db.iter_mut().zip(&part[wl..wl + cout]) {
+                *d += s;
+            }
+        }
+    }
+}
+
 /// Scratch elements [`conv2d_backward`] needs for `batch` images of geometry `g`.
 ///
 /// Allocate it once per layer (or once for the largest layer: a longer buffer is fine) and reuse
@@ -331,23 +358,13 @@ fn backward_with(
     let scratch = &scratch[..pl.slots * pl.per_slot];
     let part_off = pl.col_len + pl.pad_len + pl.dy_len;
     let wl = g.weight_len();
-    let mut slots = scratch.chunks(pl.per_slot).map(|sc| &sc[part_off..]);
-    let first = slots.next().expect("batch > 0 gives one slot");
-    d_weight.copy_from_slice(&first[..wl]);
-    let mut db = d_bias;
-    if let Some(db) = db.as_deref_mut() {
-        db.copy_from_slice(&first[wl..wl + g.out_channels]);
-    }
-    for part in slots {
-        for (d, s) in d_weight.iter_mut().zip(&part[..wl]) {
-            *d += s;
-        }
-        if let Some(db) = db.as_deref_mut() {
-            for (d, s) in db.iter_mut().zip(&part[wl..wl + g.out_channels]) {
-                *d += s;
-            }
-        }
-    }
+    reduce_slots(
+        scratch.chunks(pl.per_slot).map(|sc| &sc[part_off..]),
+        wl,
+        g.out_channels,
+        d_weight,
+        d_bias,
+    );
 }
 
 /// The GEMM slots in parallel: each computes its images' input gradient (if `d_input`) and,
@@ -633,23 +650,13 @@ fn lane_dw(
     // Deterministic reduction: slot 0 first, then each later slot in order.
     let part_off = LANES + lp.xt_len + lp.dyt_len;
     let wl = g.weight_len();
-    let mut slots = scratch.chunks(lp.per_slot).map(|sc| &sc[part_off..]);
-    let first = slots.next().expect("batch > 0 gives one slot");
-    d_weight.copy_from_slice(&first[..wl]);
-    let mut db = d_bias;
-    if let Some(db) = db.as_deref_mut() {
-        db.copy_from_slice(&first[wl..wl + g.out_channels]);
-    }
-    for part in slots {
-        for (d, s) in d_weight.iter_mut().zip(&part[..wl]) {
-            *d += s;
-        }
-        if let Some(db) = db.as_deref_mut() {
-            for (d, s) in db.iter_mut().zip(&part[wl..wl + g.out_channels]) {
-                *d += s;
-            }
-        }
-    }
+    reduce_slots(
+        scratch.chunks(lp.per_slot).map(|sc| &sc[part_off..]),
+        wl,
+        g.out_channels,
+        d_weight,
+        d_bias,
+    );
 }
 
 /// One slot of at most 16 images: overwrites its partial `d_weight`/`d_bias` at the end of `sc`.

@@ -288,19 +288,21 @@ mod tests {
     use super::*;
     use crate::grad::testutil::{Rng, assert_close, dot, fd_grad, to_f64};
 
-    /// PyTorch's pooling output size, with `ceil_mode`.
+    /// PyTorch's pooled size from the checker's formula (the one place sizes are computed).
     fn out_size(i: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> usize {
-        let span = (i + 2 * p - d * (k - 1) - 1) as isize;
-        let mut o = if ceil {
-            (span as usize).div_ceil(s) + 1
-        } else {
-            span as usize / s + 1
-        };
-        // The last window must start inside the input or the left padding.
-        if ceil && (o - 1) * s >= i + p {
-            o -= 1;
-        }
-        o
+        let u = |x: usize| x as u64;
+        cnn_dsl::check::rules::pool_out(
+            u(i),
+            u(p),
+            u(k),
+            u(s),
+            u(d),
+            ceil,
+            cnn_dsl::ir::PoolKind::Max,
+            "height",
+        )
+        .map(|o| o as usize)
+        .unwrap_or_else(|e| panic!("test geometry is not a valid pooling: {e:?}"))
     }
 
     #[expect(clippy::too_many_arguments, reason = "test geometry builder")]

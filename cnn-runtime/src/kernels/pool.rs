@@ -245,16 +245,21 @@ mod tests {
     use crate::kernels::reference;
     use crate::kernels::testutil::{assert_close, data};
 
-    /// PyTorch's pooled size, with `ceil_mode` dropping a last window that starts in the
-    /// bottom/right padding.
+    /// PyTorch's pooled size from the checker's formula (the one place sizes are computed).
     fn out_size(i: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> usize {
-        let span = d * (k - 1) + 1;
-        let num = i + 2 * p - span;
-        let mut o = if ceil { num.div_ceil(s) } else { num / s } + 1;
-        if ceil && (o - 1) * s >= i + p {
-            o -= 1;
-        }
-        o
+        let u = |x: usize| x as u64;
+        cnn_dsl::check::rules::pool_out(
+            u(i),
+            u(p),
+            u(k),
+            u(s),
+            u(d),
+            ceil,
+            cnn_dsl::ir::PoolKind::Max,
+            "height",
+        )
+        .map(|o| o as usize)
+        .unwrap_or_else(|e| panic!("test geometry is not a valid pooling: {e:?}"))
     }
 
     #[expect(
