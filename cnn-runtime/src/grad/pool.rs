@@ -189,13 +189,7 @@ pub fn avg_pool2d_backward(g: &Pool2dGeom, batch: usize, d_out: &[f32], d_input:
         d_input.fill(0.0);
         return;
     }
-    let axis = |o: usize, s: usize, pad: usize, k: usize, len: usize| {
-        let start = (o * s) as isize - pad as isize;
-        let end = (start + k as isize).min((len + pad) as isize);
-        let size = end - start;
-        let (cs, ce) = (start.max(0), end.min(len as isize));
-        (cs.max(0) as usize, ce.max(cs) as usize, size)
-    };
+    let axis = crate::kernels::avg_window;
     let hr: Vec<_> = (0..g.out_h)
         .map(|o| axis(o, g.stride_h, g.pad_h, g.kernel_h, g.in_h))
         .collect();

@@ -171,22 +171,12 @@ unsafe fn max_2x2_row_avx512(r0: &[f32], r1: &[f32], y: &mut [f32]) {
 pub fn avg_pool2d(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f32]) {
     check_len("avg_pool2d input", input.len(), batch * g.in_len());
     check_len("avg_pool2d output", output.len(), batch * g.out_len());
-    let range = |o: usize, s: usize, p: usize, k: usize, n: usize| {
-        let start = (o * s) as isize - p as isize;
-        let end = (start + k as isize).min((n + p) as isize);
-        let pool = end - start;
-        (
-            start.max(0) as usize,
-            end.min(n as isize).max(0) as usize,
-            pool,
-        )
-    };
     let (ih, iw, oh_n, ow_n) = (g.in_h, g.in_w, g.out_h, g.out_w);
     planes(input, ih * iw, output, oh_n * ow_n, |x, y| {
         for oh in 0..oh_n {
-            let (h0, h1, ph) = range(oh, g.stride_h, g.pad_h, g.kernel_h, ih);
+            let (h0, h1, ph) = avg_window(oh, g.stride_h, g.pad_h, g.kernel_h, ih);
             for ow in 0..ow_n {
-                let (w0, w1, pw) = range(ow, g.stride_w, g.pad_w, g.kernel_w, iw);
+                let (w0, w1, pw) = avg_window(ow, g.stride_w, g.pad_w, g.kernel_w, iw);
                 let mut s = 0.0f32;
                 for h in h0..h1 {
                     s += x[h * iw + w0..h * iw + w1.max(w0)].iter().sum::<f32>();
@@ -200,6 +190,24 @@ pub fn avg_pool2d(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f32
             }
         }
     });
+}
+
+/// PyTorch's average-pooling window along one axis for output `o`: the clipped input range
+/// `start..end` (empty when the window lies in padding) and `pool_size`, the window's extent
+/// within the padded input, which is the divisor when `count_include_pad` is set
+/// (`hend = min(hstart + k, len + pad)`; `pool_size = hend − hstart` before clipping).
+/// Shared by the forward and backward kernels.
+pub(crate) fn avg_window(
+    o: usize,
+    stride: usize,
+    pad: usize,
+    k: usize,
+    len: usize,
+) -> (usize, usize, isize) {
+    let start = (o * stride) as isize - pad as isize;
+    let end = (start + k as isize).min((len + pad) as isize);
+    let (lo, hi) = (start.max(0), end.min(len as isize));
+    (lo as usize, hi.max(lo) as usize, end - start)
 }
 
 /// `nn.AdaptiveAvgPool2d` forward: output cell `i` averages input
