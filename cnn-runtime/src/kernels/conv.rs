@@ -20,7 +20,9 @@
 //!
 //! The 16 × 16 tile keeps 16 zmm accumulators; a wider 8 × 32 tile (fewer loads per FMA) was
 //! tried and was no faster at batch 64 and slower at batch 1, where it skips fewer padding
-//! taps.
+//! taps. On CPUs with AVX2 + FMA but no AVX-512 the same tile runs in three passes of 6, 6
+//! and 4 output channels over two ymm halves (`tile_avx2`); the portable kernel has the same
+//! structure in plain Rust. All three are tested against the reference.
 //!
 //! Weights are packed once into `[group][panel][tap][ci][MR]` (zero-padded to `MR` rows), see
 //! [`PackedConv`]. Bias and the activation are applied in the tile's epilogue.
@@ -456,7 +458,7 @@ impl ColVec {
     /// Direct path: which lanes each kernel row / column keeps inside the input.
     fn direct_masks(&mut self, g: &Conv2dGeom, isa: Isa) {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512 && self.hv * self.wv + NR < 1 << 22 {
+        if isa == Isa::Avx512 && self.hv * self.wv + NR < 1 << 21 {
             // SAFETY: `Isa::Avx512` is only chosen when avx512f is available (see `tile`).
             unsafe { self.direct_masks_avx512(g) };
             return;
@@ -488,7 +490,9 @@ impl ColVec {
     }
 
     /// [`ColVec::direct_masks`] with vector arithmetic: lane pixels `p0 + l` are split into
-    /// row and column with exact `f32` division (pixel counts are far below 2^22).
+    /// row and column by multiplying with `f32` reciprocals. That is exact here: `(p + ½)/D`
+    /// lies at least `½/D` from an integer, and the two roundings move it by at most
+    /// `p·2⁻²³/D`, less than `¼/D` for the pixel counts below 2^21 this is used for.
     ///
     /// # Safety
     /// The CPU must support avx512f.
@@ -505,11 +509,11 @@ impl ColVec {
         let p = _mm512_add_ps(_mm512_set1_ps(self.p0 as f32), iota);
         // p mod (H·W): lanes past the image wrap into the next one(s).
         let img = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
-            _mm512_div_ps(_mm512_add_ps(p, half), _mm512_set1_ps(ohw)),
+            _mm512_mul_ps(_mm512_add_ps(p, half), _mm512_set1_ps(1.0 / ohw)),
         );
         let p = _mm512_fnmadd_ps(img, _mm512_set1_ps(ohw), p);
         let oh = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(
-            _mm512_div_ps(_mm512_add_ps(p, half), _mm512_set1_ps(w)),
+            _mm512_mul_ps(_mm512_add_ps(p, half), _mm512_set1_ps(1.0 / w)),
         );
         let ow = _mm512_fnmadd_ps(oh, _mm512_set1_ps(w), p);
         let (oh, ow) = (_mm512_cvtps_epi32(oh), _mm512_cvtps_epi32(ow));
@@ -821,10 +825,24 @@ fn tile(isa: Isa, tin: &TileIn, tout: &TileOut) {
             // (`PackedConv::with_isa` asserts it; `conv2d` uses `Isa::detect`). The tile's
             // reads and writes are in bounds as documented on `TileIn` / `TileOut`.
             unsafe {
+                match (tin.masks.is_some(), tin.cin == 1) {
+                    (true, true) => tile_avx512::<true, true>(tin, tout),
+                    (true, false) => tile_avx512::<true, false>(tin, tout),
+                    (false, true) => tile_avx512::<false, true>(tin, tout),
+                    (false, false) => tile_avx512::<false, false>(tin, tout),
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: `Isa::Avx2` is only used after `is_available` confirmed avx2 and fma
+            // (as above). Reads and writes are in bounds as documented on `TileIn` /
+            // `TileOut`.
+            unsafe {
                 if tin.masks.is_some() {
-                    tile_avx512::<true>(tin, tout)
+                    tile_avx2::<true>(tin, tout)
                 } else {
-                    tile_avx512::<false>(tin, tout)
+                    tile_avx2::<false>(tin, tout)
                 }
             }
         }
@@ -887,8 +905,12 @@ fn tile_portable(tin: &TileIn, tout: &TileOut) {
 /// `tout` must describe output elements that only this call writes.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const MASKED: bool>(tin: &TileIn, tout: &TileOut) {
+unsafe fn tile_avx512<const MASKED: bool, const ONE_CI: bool>(tin: &TileIn, tout: &TileOut) {
     use std::arch::x86_64::*;
+    debug_assert!(!ONE_CI || tin.cin == 1);
+    // A constant trip count for one input channel lets the compiler drop the channel loop
+    // (and the register shuffling around it) in the common first layer.
+    let cin = if ONE_CI { 1 } else { tin.cin };
     let mut acc = [_mm512_setzero_ps(); MR];
     let a = tin.a.as_ptr();
     let src = tin.src.as_ptr();
@@ -915,7 +937,7 @@ unsafe fn tile_avx512<const MASKED: bool>(tin: &TileIn, tout: &TileOut) {
             // SAFETY: tap `kh·kw_n + kw` < taps, so the panel offset is inside `tin.a`.
             let ap = unsafe { a.add((kh * tin.kw + kw) * tin.cin * MR) };
             let bp = tin.base + kh as isize * tin.khs + kw as isize * tin.kws;
-            for ci in 0..tin.cin {
+            for ci in 0..cin {
                 let p = src.wrapping_offset(bp + ci as isize * tin.cs);
                 // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off
                 // lanes are not accessed, so `p` itself may point outside it).
@@ -962,6 +984,135 @@ unsafe fn tile_avx512<const MASKED: bool>(tin: &TileIn, tout: &TileOut) {
     }
 }
 
+/// AVX2 + FMA microkernel: the same 16 × 16 tile in three passes of 6, 6 and 4 output
+/// channels (12 ymm accumulators, two B vectors and a broadcast fit the 16 ymm registers).
+///
+/// # Safety
+/// As [`tile_avx512`], with avx2 and fma instead of avx512f.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2<const MASKED: bool>(tin: &TileIn, tout: &TileOut) {
+    // SAFETY: same contract, passed through; each pass only touches rows < `tout.rows`.
+    unsafe {
+        tile_avx2_rows::<MASKED, 6>(tin, tout, 0);
+        if tout.rows > 6 {
+            tile_avx2_rows::<MASKED, 6>(tin, tout, 6);
+        }
+        if tout.rows > 12 {
+            tile_avx2_rows::<MASKED, 4>(tin, tout, 12);
+        }
+    }
+}
+
+/// Lanes of `m` (bits `0..8`) as an AVX2 mask vector (all ones where the bit is set).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn mask8(m: u16) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    _mm256_cmpeq_epi32(
+        _mm256_and_si256(_mm256_set1_epi32(i32::from(m)), bits),
+        bits,
+    )
+}
+
+/// Rows `r0 .. r0 + R` of [`tile_avx2`] (those below `tout.rows`).
+///
+/// # Safety
+/// As [`tile_avx2`]; `r0 + R <= MR`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2_rows<const MASKED: bool, const R: usize>(
+    tin: &TileIn,
+    tout: &TileOut,
+    r0: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(r0 + R <= MR);
+    let mut lo = [_mm256_setzero_ps(); R];
+    let mut hi = [_mm256_setzero_ps(); R];
+    let a = tin.a.as_ptr();
+    let src = tin.src.as_ptr();
+    debug_assert!(tin.a.len() >= tin.kh * tin.kw * tin.cin * MR);
+    let (rm, cm) = tin.masks.unwrap_or((&[], &[]));
+    for kh in 0..tin.kh {
+        let rmask = if MASKED {
+            rm.get(kh).copied().unwrap_or(0)
+        } else {
+            u16::MAX
+        };
+        if rmask == 0 {
+            continue;
+        }
+        for kw in 0..tin.kw {
+            let m = if MASKED {
+                rmask & cm.get(kw).copied().unwrap_or(0)
+            } else {
+                u16::MAX
+            };
+            if m == 0 {
+                continue;
+            }
+            let (ml, mh) = (mask8(m), mask8(m >> 8));
+            // SAFETY: tap `kh·kw_n + kw` < taps and r0 < MR, so the offset is inside `tin.a`.
+            let ap = unsafe { a.add((kh * tin.kw + kw) * tin.cin * MR + r0) };
+            let bp = tin.base + kh as isize * tin.khs + kw as isize * tin.kws;
+            for ci in 0..tin.cin {
+                let p = src.wrapping_offset(bp + ci as isize * tin.cs);
+                // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off
+                // lanes are not accessed, so `p` may point outside it).
+                let (bl, bh) = unsafe {
+                    if MASKED {
+                        (
+                            _mm256_maskload_ps(p, ml),
+                            _mm256_maskload_ps(p.wrapping_add(8), mh),
+                        )
+                    } else {
+                        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
+                    }
+                };
+                // SAFETY: `ci·MR + r0 + r` < cin·MR for this tap's slice of the panel.
+                let ar = unsafe { ap.add(ci * MR) };
+                for r in 0..R {
+                    // SAFETY: r0 + r < MR, see above.
+                    let w = _mm256_set1_ps(unsafe { *ar.add(r) });
+                    lo[r] = _mm256_fmadd_ps(w, bl, lo[r]);
+                    hi[r] = _mm256_fmadd_ps(w, bh, hi[r]);
+                }
+            }
+        }
+    }
+    let zero = _mm256_setzero_ps();
+    let act = |v: __m256| match tout.act {
+        Activation::Identity => v,
+        // max(0, v) returns its second operand when one is NaN, so NaN stays NaN.
+        Activation::Relu => _mm256_max_ps(zero, v),
+        Activation::LeakyRelu(s) => {
+            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, zero);
+            _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(s)), neg)
+        }
+    };
+    for r in 0..R.min(tout.rows.saturating_sub(r0)) {
+        let co = tout.co0 + r0 + r;
+        let b = _mm256_set1_ps(tout.bias.map_or(0.0, |b| b[co]));
+        let (vl, vh) = (act(_mm256_add_ps(lo[r], b)), act(_mm256_add_ps(hi[r], b)));
+        for &(m, off) in tout.segs {
+            let p = tout.out.0.wrapping_offset(off + (co * tout.ohw) as isize);
+            // SAFETY: lanes set in `m` map to output elements of this tile inside the output
+            // slice (`ColVec::locate`); masked-off lanes are not accessed. No other worker
+            // writes them (`Work::run`).
+            unsafe {
+                if m & 0xff != 0 {
+                    _mm256_maskstore_ps(p, mask8(m), vl);
+                }
+                if m >> 8 != 0 {
+                    _mm256_maskstore_ps(p.wrapping_add(8), mask8(m >> 8), vh);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -971,11 +1122,10 @@ mod tests {
     use crate::kernels::testutil::{assert_close, data};
 
     fn isas() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        if Isa::Avx512.is_available() {
-            v.push(Isa::Avx512);
-        }
-        v
+        [Isa::Portable, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|i| i.is_available())
+            .collect()
     }
 
     /// Output size PyTorch computes for one side, with extra bottom/right padding `extra`.

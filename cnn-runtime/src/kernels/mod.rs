@@ -20,8 +20,9 @@
 //! - [`reference`](mod@reference) holds a naive, obviously correct version of every kernel (accumulating in
 //!   `f64`); the tests compare the fast kernels against it.
 //!
-//! The convolution has an AVX-512 path (chosen at run time with `is_x86_feature_detected!`)
-//! and a portable fallback with the same blocking; both are tested, see [`Isa`].
+//! The convolution has AVX-512 and AVX2+FMA paths (chosen at run time with
+//! `is_x86_feature_detected!`) and a portable fallback with the same blocking; all three are
+//! tested, see [`Isa`].
 
 mod activation;
 mod conv;
@@ -86,6 +87,9 @@ impl Activation {
 pub enum Isa {
     /// AVX-512F microkernels (x86-64 only).
     Avx512,
+    /// AVX2 + FMA microkernels (x86-64 only), for CPUs without AVX-512; kernels that have no
+    /// AVX2 version run their portable code under this setting.
+    Avx2,
     /// Plain Rust with the same blocking; runs everywhere.
     Portable,
 }
@@ -95,6 +99,8 @@ impl Isa {
     pub fn detect() -> Isa {
         if Isa::Avx512.is_available() {
             Isa::Avx512
+        } else if Isa::Avx2.is_available() {
+            Isa::Avx2
         } else {
             Isa::Portable
         }
@@ -105,8 +111,13 @@ impl Isa {
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx512 => false,
+            Isa::Avx512 | Isa::Avx2 => false,
             Isa::Portable => true,
         }
     }
