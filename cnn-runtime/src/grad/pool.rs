@@ -64,6 +64,10 @@ pub fn max_pool2d_train_forward(
         .zip(indices.par_chunks_mut(ohw))
         .zip(input.par_chunks(ihw))
         .for_each(|((out, idx), x)| {
+            if g.dilation_h == 1 && g.dilation_w == 1 {
+                max_plane_dense(x, g.in_w, &hr, &wr, out, idx);
+                return;
+            }
             for (oh, &(h0, h1)) in hr.iter().enumerate() {
                 for (ow, &(w0, w1)) in wr.iter().enumerate() {
                     let mut best = f32::NEG_INFINITY;
@@ -86,6 +90,55 @@ pub fn max_pool2d_train_forward(
                 }
             }
         });
+}
+
+/// One plane of [`max_pool2d_train_forward`] for dilation 1: the same scan over plain ranges
+/// (the general loop's `step_by` divides per window, which cost more than the compares).
+fn max_plane_dense(
+    x: &[f32],
+    in_w: usize,
+    hr: &[(usize, usize)],
+    wr: &[(usize, usize)],
+    out: &mut [f32],
+    idx: &mut [u32],
+) {
+    let rows = out.chunks_exact_mut(wr.len()).zip(idx.chunks_exact_mut(wr.len()));
+    for ((orow, irow), &(h0, h1)) in rows.zip(hr) {
+        for ((o, i), &(w0, w1)) in orow.iter_mut().zip(irow.iter_mut()).zip(wr) {
+            let mut best = f32::NEG_INFINITY;
+            if h1 - h0 == 2 && w1 - w0 == 2 {
+                // The usual full 2 × 2 window, unrolled (same order and rules as below).
+                let (a, b) = (h0 * in_w + w0, (h0 + 1) * in_w + w0);
+                let mut arg = a;
+                for j in [a, a + 1, b, b + 1] {
+                    let v = x[j];
+                    if v > best || v.is_nan() {
+                        best = v;
+                        arg = j;
+                    }
+                }
+                *o = best;
+                *i = arg as u32;
+                continue;
+            }
+            let mut arg = if h0 < h1 && w0 < w1 {
+                (h0 * in_w + w0) as u32
+            } else {
+                NO_INDEX
+            };
+            for ih in h0..h1 {
+                let base = ih * in_w;
+                for (iw, &v) in x[base + w0..base + w1].iter().enumerate() {
+                    if v > best || v.is_nan() {
+                        best = v;
+                        arg = (base + w0 + iw) as u32;
+                    }
+                }
+            }
+            *o = best;
+            *i = arg;
+        }
+    }
 }
 
 /// First and one-past-last input coordinate of output `o`'s window along one axis, clipped to
