@@ -850,35 +850,63 @@ fn tile(isa: Isa, tin: &TileIn, tout: &TileOut) {
     }
 }
 
+/// Calls `f(mask, a_off, b_off)` for each tap of the tile that reads at least one lane, in
+/// kernel order: `mask` selects the lanes inside the input (all of them when `MASKED` is
+/// false), `a_off` is where the tap's `[ci][MR]` weights start in `tin.a`, and `b_off` the
+/// index in `tin.src` of lane 0 at channel 0. Shared by the three microkernels.
+#[inline(always)]
+fn for_each_tap<const MASKED: bool>(tin: &TileIn, mut f: impl FnMut(u16, usize, isize)) {
+    let (rm, cm) = tin.masks.unwrap_or((&[], &[]));
+    for kh in 0..tin.kh {
+        let rmask = if MASKED {
+            rm.get(kh).copied().unwrap_or(0)
+        } else {
+            u16::MAX
+        };
+        if rmask == 0 {
+            continue;
+        }
+        for kw in 0..tin.kw {
+            let m = if MASKED {
+                rmask & cm.get(kw).copied().unwrap_or(0)
+            } else {
+                u16::MAX
+            };
+            if m != 0 {
+                f(
+                    m,
+                    (kh * tin.kw + kw) * tin.cin * MR,
+                    tin.base + kh as isize * tin.khs + kw as isize * tin.kws,
+                );
+            }
+        }
+    }
+}
+
 /// Portable microkernel: same loop structure as the AVX-512 one, in plain Rust.
 fn tile_portable(tin: &TileIn, tout: &TileOut) {
     let mut acc = [[0.0f32; NR]; MR];
-    for kh in 0..tin.kh {
-        for kw in 0..tin.kw {
-            let m = match tin.masks {
-                Some((rm, cm)) => rm[kh] & cm[kw],
-                None => u16::MAX,
-            };
-            if m == 0 {
-                continue;
-            }
-            let ap = &tin.a[(kh * tin.kw + kw) * tin.cin * MR..];
-            let bp = tin.base + kh as isize * tin.khs + kw as isize * tin.kws;
-            for ci in 0..tin.cin {
-                let mut bv = [0.0f32; NR];
-                for (l, b) in bv.iter_mut().enumerate() {
-                    if m >> l & 1 == 1 {
-                        *b = tin.src[(bp + ci as isize * tin.cs + l as isize) as usize];
-                    }
+    let body = |m: u16, a_off: usize, bp: isize| {
+        let ap = &tin.a[a_off..];
+        for ci in 0..tin.cin {
+            let mut bv = [0.0f32; NR];
+            for (l, b) in bv.iter_mut().enumerate() {
+                if m >> l & 1 == 1 {
+                    *b = tin.src[(bp + ci as isize * tin.cs + l as isize) as usize];
                 }
-                for (r, row) in acc.iter_mut().enumerate() {
-                    let w = ap[ci * MR + r];
-                    for l in 0..NR {
-                        row[l] += w * bv[l];
-                    }
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let w = ap[ci * MR + r];
+                for l in 0..NR {
+                    row[l] += w * bv[l];
                 }
             }
         }
+    };
+    if tin.masks.is_some() {
+        for_each_tap::<true>(tin, body);
+    } else {
+        for_each_tap::<false>(tin, body);
     }
     for (r, row) in acc.iter().enumerate().take(tout.rows) {
         let co = tout.co0 + r;
@@ -915,49 +943,29 @@ unsafe fn tile_avx512<const MASKED: bool, const ONE_CI: bool>(tin: &TileIn, tout
     let a = tin.a.as_ptr();
     let src = tin.src.as_ptr();
     debug_assert!(tin.a.len() >= tin.kh * tin.kw * tin.cin * MR);
-    let (rm, cm) = tin.masks.unwrap_or((&[], &[]));
-    for kh in 0..tin.kh {
-        let rmask = if MASKED {
-            rm.get(kh).copied().unwrap_or(0)
-        } else {
-            u16::MAX
-        };
-        if rmask == 0 {
-            continue;
-        }
-        for kw in 0..tin.kw {
-            let m = if MASKED {
-                rmask & cm.get(kw).copied().unwrap_or(0)
-            } else {
-                u16::MAX
-            };
-            if m == 0 {
-                continue;
-            }
-            // SAFETY: tap `kh·kw_n + kw` < taps, so the panel offset is inside `tin.a`.
-            let ap = unsafe { a.add((kh * tin.kw + kw) * tin.cin * MR) };
-            let bp = tin.base + kh as isize * tin.khs + kw as isize * tin.kws;
-            for ci in 0..cin {
-                let p = src.wrapping_offset(bp + ci as isize * tin.cs);
-                // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off
-                // lanes are not accessed, so `p` itself may point outside it).
-                let bv = unsafe {
-                    if MASKED {
-                        _mm512_maskz_loadu_ps(m, p)
-                    } else {
-                        _mm512_loadu_ps(p)
-                    }
-                };
-                // SAFETY: `ci·MR + r` < cin·MR for this tap's slice of the panel.
-                let ar = unsafe { ap.add(ci * MR) };
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    // SAFETY: r < MR, see above.
-                    let w = unsafe { *ar.add(r) };
-                    *acc_r = _mm512_fmadd_ps(_mm512_set1_ps(w), bv, *acc_r);
+    for_each_tap::<MASKED>(tin, |m, a_off, bp| {
+        // SAFETY: `a_off` starts a tap's `[ci][MR]` block, inside `tin.a`.
+        let ap = unsafe { a.add(a_off) };
+        for ci in 0..cin {
+            let p = src.wrapping_offset(bp + ci as isize * tin.cs);
+            // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off lanes
+            // are not accessed, so `p` itself may point outside it).
+            let bv = unsafe {
+                if MASKED {
+                    _mm512_maskz_loadu_ps(m, p)
+                } else {
+                    _mm512_loadu_ps(p)
                 }
+            };
+            // SAFETY: `ci·MR + r` < cin·MR for this tap's slice of the panel.
+            let ar = unsafe { ap.add(ci * MR) };
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                // SAFETY: r < MR, see above.
+                let w = unsafe { *ar.add(r) };
+                *acc_r = _mm512_fmadd_ps(_mm512_set1_ps(w), bv, *acc_r);
             }
         }
-    }
+    });
     let zero = _mm512_setzero_ps();
     for (r, &acc_r) in acc.iter().enumerate().take(tout.rows) {
         let co = tout.co0 + r;
@@ -1034,54 +1042,34 @@ unsafe fn tile_avx2_rows<const MASKED: bool, const R: usize>(
     let a = tin.a.as_ptr();
     let src = tin.src.as_ptr();
     debug_assert!(tin.a.len() >= tin.kh * tin.kw * tin.cin * MR);
-    let (rm, cm) = tin.masks.unwrap_or((&[], &[]));
-    for kh in 0..tin.kh {
-        let rmask = if MASKED {
-            rm.get(kh).copied().unwrap_or(0)
-        } else {
-            u16::MAX
-        };
-        if rmask == 0 {
-            continue;
-        }
-        for kw in 0..tin.kw {
-            let m = if MASKED {
-                rmask & cm.get(kw).copied().unwrap_or(0)
-            } else {
-                u16::MAX
-            };
-            if m == 0 {
-                continue;
-            }
-            let (ml, mh) = (mask8(m), mask8(m >> 8));
-            // SAFETY: tap `kh·kw_n + kw` < taps and r0 < MR, so the offset is inside `tin.a`.
-            let ap = unsafe { a.add((kh * tin.kw + kw) * tin.cin * MR + r0) };
-            let bp = tin.base + kh as isize * tin.khs + kw as isize * tin.kws;
-            for ci in 0..tin.cin {
-                let p = src.wrapping_offset(bp + ci as isize * tin.cs);
-                // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off
-                // lanes are not accessed, so `p` may point outside it).
-                let (bl, bh) = unsafe {
-                    if MASKED {
-                        (
-                            _mm256_maskload_ps(p, ml),
-                            _mm256_maskload_ps(p.wrapping_add(8), mh),
-                        )
-                    } else {
-                        (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
-                    }
-                };
-                // SAFETY: `ci·MR + r0 + r` < cin·MR for this tap's slice of the panel.
-                let ar = unsafe { ap.add(ci * MR) };
-                for r in 0..R {
-                    // SAFETY: r0 + r < MR, see above.
-                    let w = _mm256_set1_ps(unsafe { *ar.add(r) });
-                    lo[r] = _mm256_fmadd_ps(w, bl, lo[r]);
-                    hi[r] = _mm256_fmadd_ps(w, bh, hi[r]);
+    for_each_tap::<MASKED>(tin, |m, a_off, bp| {
+        let (ml, mh) = (mask8(m), mask8(m >> 8));
+        // SAFETY: `a_off` starts a tap's `[ci][MR]` block inside `tin.a`, and r0 < MR.
+        let ap = unsafe { a.add(a_off + r0) };
+        for ci in 0..tin.cin {
+            let p = src.wrapping_offset(bp + ci as isize * tin.cs);
+            // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off lanes
+            // are not accessed, so `p` may point outside it).
+            let (bl, bh) = unsafe {
+                if MASKED {
+                    (
+                        _mm256_maskload_ps(p, ml),
+                        _mm256_maskload_ps(p.wrapping_add(8), mh),
+                    )
+                } else {
+                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
                 }
+            };
+            // SAFETY: `ci·MR + r0 + r` < cin·MR for this tap's slice of the panel.
+            let ar = unsafe { ap.add(ci * MR) };
+            for r in 0..R {
+                // SAFETY: r0 + r < MR, see above.
+                let w = _mm256_set1_ps(unsafe { *ar.add(r) });
+                lo[r] = _mm256_fmadd_ps(w, bl, lo[r]);
+                hi[r] = _mm256_fmadd_ps(w, bh, hi[r]);
             }
         }
-    }
+    });
     let zero = _mm256_setzero_ps();
     let act = |v: __m256| match tout.act {
         Activation::Identity => v,
