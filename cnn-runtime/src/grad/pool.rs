@@ -102,7 +102,9 @@ fn max_plane_dense(
     out: &mut [f32],
     idx: &mut [u32],
 ) {
-    let rows = out.chunks_exact_mut(wr.len()).zip(idx.chunks_exact_mut(wr.len()));
+    let rows = out
+        .chunks_exact_mut(wr.len())
+        .zip(idx.chunks_exact_mut(wr.len()));
     for ((orow, irow), &(h0, h1)) in rows.zip(hr) {
         for ((o, i), &(w0, w1)) in orow.iter_mut().zip(irow.iter_mut()).zip(wr) {
             let mut best = f32::NEG_INFINITY;
