@@ -8,6 +8,7 @@
 //! The same emitter serves `cnnc gen`, the `cnn!` macro and the build.rs [`crate::build`] API.
 
 use crate::check::{Activation, CheckedModel, Op};
+use crate::geom::{Conv2dGeom, Pool2dGeom};
 use crate::ir::PoolKind;
 use crate::plan::{Loc, Plan, plan};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
@@ -33,6 +34,84 @@ impl Default for Options {
 
 fn lit(n: usize) -> Literal {
     Literal::usize_unsuffixed(n)
+}
+
+/// `Conv2dGeom { … }` as a constant expression (every field a literal).
+fn conv_geom_tokens(rt: &TokenStream, g: &Conv2dGeom) -> TokenStream {
+    let Conv2dGeom {
+        in_channels,
+        in_h,
+        in_w,
+        out_channels,
+        out_h,
+        out_w,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_top,
+        pad_left,
+        dilation_h,
+        dilation_w,
+        groups,
+    } = *g;
+    let [a, b, c, d, e, f, kh, kw, sh, sw, pt, pl, dh, dw, gr] = [
+        in_channels,
+        in_h,
+        in_w,
+        out_channels,
+        out_h,
+        out_w,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_top,
+        pad_left,
+        dilation_h,
+        dilation_w,
+        groups,
+    ]
+    .map(lit);
+    quote! {
+        #rt::Conv2dGeom {
+            in_channels: #a, in_h: #b, in_w: #c, out_channels: #d, out_h: #e, out_w: #f,
+            kernel_h: #kh, kernel_w: #kw, stride_h: #sh, stride_w: #sw, pad_top: #pt, pad_left: #pl,
+            dilation_h: #dh, dilation_w: #dw, groups: #gr,
+        }
+    }
+}
+
+/// `Pool2dGeom { … }` as a constant expression.
+fn pool_geom_tokens(rt: &TokenStream, g: &Pool2dGeom) -> TokenStream {
+    let Pool2dGeom {
+        channels,
+        in_h,
+        in_w,
+        out_h,
+        out_w,
+        kernel_h,
+        kernel_w,
+        stride_h,
+        stride_w,
+        pad_h,
+        pad_w,
+        dilation_h,
+        dilation_w,
+        count_include_pad,
+    } = *g;
+    let [c, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw] = [
+        channels, in_h, in_w, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+        dilation_h, dilation_w,
+    ]
+    .map(lit);
+    quote! {
+        #rt::Pool2dGeom {
+            channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow, kernel_h: #kh, kernel_w: #kw,
+            stride_h: #sh, stride_w: #sw, pad_h: #ph, pad_w: #pw, dilation_h: #dh, dilation_w: #dw,
+            count_include_pad: #count_include_pad,
+        }
+    }
 }
 
 fn act_tokens(rt: &TokenStream, a: Option<Activation>) -> TokenStream {
@@ -126,46 +205,20 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
         let t = |j: usize| tfield(s.params[j]);
         match &s.op {
             Op::Conv2d {
+                bias,
                 in_channels,
                 in_h,
                 in_w,
-                out_channels,
-                out_h,
-                out_w,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                groups,
-                bias,
+                ..
             } => {
                 let f = format_ident!("conv{}", i);
-                let vals = [
-                    *in_channels,
-                    *in_h,
-                    *in_w,
-                    *out_channels,
-                    *out_h,
-                    *out_w,
-                    kernel[0],
-                    kernel[1],
-                    stride[0],
-                    stride[1],
-                    padding[0],
-                    padding[1],
-                    dilation[0],
-                    dilation[1],
-                    *groups,
-                ]
-                .map(lit);
-                let [a, b, c, d, e, ff, kh, kw, sh, sw, pt, pl, dh, dw, gr] = vals;
+                let geom = conv_geom_tokens(
+                    rt,
+                    &Conv2dGeom::from_op(&s.op).expect("an Op::Conv2d has a geometry"),
+                );
                 consts.push(quote! {
                     #[doc = #path_doc]
-                    const #g: #rt::Conv2dGeom = #rt::Conv2dGeom {
-                        in_channels: #a, in_h: #b, in_w: #c, out_channels: #d, out_h: #e, out_w: #ff,
-                        kernel_h: #kh, kernel_w: #kw, stride_h: #sh, stride_w: #sw, pad_top: #pt, pad_left: #pl,
-                        dilation_h: #dh, dilation_w: #dw, groups: #gr,
-                    };
+                    const #g: #rt::Conv2dGeom = #geom;
                 });
                 let act = act_tokens(rt, s.fused);
                 let w = t(0);
@@ -188,38 +241,15 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 channels,
                 in_h,
                 in_w,
-                out_h,
-                out_w,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                count_include_pad,
+                ..
             } => {
-                let vals = [
-                    *channels,
-                    *in_h,
-                    *in_w,
-                    *out_h,
-                    *out_w,
-                    kernel[0],
-                    kernel[1],
-                    stride[0],
-                    stride[1],
-                    padding[0],
-                    padding[1],
-                    dilation[0],
-                    dilation[1],
-                ]
-                .map(lit);
-                let [c, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, dh, dw] = vals;
+                let geom = pool_geom_tokens(
+                    rt,
+                    &Pool2dGeom::from_op(&s.op).expect("an Op::Pool2d has a geometry"),
+                );
                 consts.push(quote! {
                     #[doc = #path_doc]
-                    const #g: #rt::Pool2dGeom = #rt::Pool2dGeom {
-                        channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow, kernel_h: #kh, kernel_w: #kw,
-                        stride_h: #sh, stride_w: #sw, pad_h: #ph, pad_w: #pw, dilation_h: #dh, dilation_w: #dw,
-                        count_include_pad: #count_include_pad,
-                    };
+                    const #g: #rt::Pool2dGeom = #geom;
                 });
                 let f = if *kind == PoolKind::Max {
                     quote!(max_pool2d)

@@ -20,6 +20,7 @@ pub mod codegen;
 pub mod diag;
 pub mod dsl;
 pub mod expand;
+pub mod geom;
 pub mod ir;
 pub mod lower;
 pub mod plan;

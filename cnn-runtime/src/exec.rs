@@ -85,78 +85,6 @@ pub fn init_weights(plan: &Plan, seed: u64) -> Result<Weights, ExecError> {
     Ok(default_weights(&param_specs(plan), &mut rng)?.with_metadata("model", plan.name.clone()))
 }
 
-/// Geometry of a conv2d step.
-pub fn conv_geom(op: &Op) -> Option<Conv2dGeom> {
-    match *op {
-        Op::Conv2d {
-            in_channels,
-            in_h,
-            in_w,
-            out_channels,
-            out_h,
-            out_w,
-            kernel,
-            stride,
-            padding,
-            dilation,
-            groups,
-            ..
-        } => Some(Conv2dGeom {
-            in_channels,
-            in_h,
-            in_w,
-            out_channels,
-            out_h,
-            out_w,
-            kernel_h: kernel[0],
-            kernel_w: kernel[1],
-            stride_h: stride[0],
-            stride_w: stride[1],
-            pad_top: padding[0],
-            pad_left: padding[1],
-            dilation_h: dilation[0],
-            dilation_w: dilation[1],
-            groups,
-        }),
-        _ => None,
-    }
-}
-
-/// Geometry of a pooling step.
-pub fn pool_geom(op: &Op) -> Option<Pool2dGeom> {
-    match *op {
-        Op::Pool2d {
-            channels,
-            in_h,
-            in_w,
-            out_h,
-            out_w,
-            kernel,
-            stride,
-            padding,
-            dilation,
-            count_include_pad,
-            ..
-        } => Some(Pool2dGeom {
-            channels,
-            in_h,
-            in_w,
-            out_h,
-            out_w,
-            kernel_h: kernel[0],
-            kernel_w: kernel[1],
-            stride_h: stride[0],
-            stride_w: stride[1],
-            pad_h: padding[0],
-            pad_w: padding[1],
-            dilation_h: dilation[0],
-            dilation_w: dilation[1],
-            count_include_pad,
-        }),
-        _ => None,
-    }
-}
-
 fn kact(a: Option<Activation>) -> KAct {
     match a {
         Some(Activation::Relu) => KAct::Relu,
@@ -229,7 +157,7 @@ impl Executor {
         let kernels = plan
             .steps
             .iter()
-            .map(|s| match conv_geom(&s.op) {
+            .map(|s| match Conv2dGeom::from_op(&s.op) {
                 Some(g) => {
                     let w = tensor(&weights, &plan, s, 0);
                     let b = s.params.get(1).map(|_| tensor(&weights, &plan, s, 1));
@@ -432,7 +360,7 @@ fn run_step(
             }
         }
         Op::Pool2d { kind, .. } => {
-            let (Some(g), Some(s)) = (pool_geom(&step.op), src) else {
+            let (Some(g), Some(s)) = (Pool2dGeom::from_op(&step.op), src) else {
                 return;
             };
             let s = &s[..g.in_len() * batch];

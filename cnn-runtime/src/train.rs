@@ -12,8 +12,8 @@
 //! in `softmax`. Same seed, same thread count → identical weights (the kernels are
 //! deterministic; dropout masks come from a seeded generator).
 
-use crate::exec::{ExecError, conv_geom, init_weights, param_specs, pool_geom};
-use crate::geom::{AdaptivePoolGeom, BatchNormGeom, LinearGeom};
+use crate::exec::{ExecError, init_weights, param_specs};
+use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::grad::{self, DropoutRng};
 use crate::kernels::{self, Activation as KAct, BatchNormParams};
 use crate::optim::Optimizer;
@@ -391,7 +391,7 @@ impl Trainer {
                 }
                 Op::Dropout { .. } => self.masks[k].resize(op.out_len * batch, 0),
                 Op::Conv2d { .. } => {
-                    if let Some(g) = conv_geom(&op.op) {
+                    if let Some(g) = Conv2dGeom::from_op(&op.op) {
                         let threads = self.pool.current_num_threads();
                         scratch = scratch
                             .max(grad::conv2d_backward_scratch_len(&g, batch))
@@ -542,7 +542,7 @@ impl Trainer {
             let p = |j: usize| &tensors[op.params[j]][..];
             match &op.op {
                 Op::Conv2d { bias, .. } => {
-                    let g = conv_geom(&op.op).expect("conv op");
+                    let g = Conv2dGeom::from_op(&op.op).expect("conv op");
                     let act = match op.fused {
                         Some(Activation::Relu) => KAct::Relu,
                         Some(Activation::LeakyRelu(s)) => KAct::LeakyRelu(s),
@@ -560,7 +560,7 @@ impl Trainer {
                     );
                 }
                 Op::Pool2d { kind, .. } => {
-                    let g = pool_geom(&op.op).expect("pool op");
+                    let g = Pool2dGeom::from_op(&op.op).expect("pool op");
                     match kind {
                         PoolKind::Max if train => grad::max_pool2d_train_forward(
                             &g,
@@ -761,7 +761,7 @@ impl Trainer {
             let d_in = &mut next[..op.in_len * batch];
             match &op.op {
                 Op::Conv2d { bias, .. } => {
-                    let g = conv_geom(&op.op).expect("conv op");
+                    let g = Conv2dGeom::from_op(&op.op).expect("conv op");
                     let (w, b) = (op.params[0], op.params.get(1).copied());
                     let (gw, gb) = split_two(grads, w, b.filter(|_| *bias));
                     grad::conv2d_backward(
@@ -799,7 +799,7 @@ impl Trainer {
                 }
                 Op::Pool2d { kind, .. } => {
                     if need_dx {
-                        let g = pool_geom(&op.op).expect("pool op");
+                        let g = Pool2dGeom::from_op(&op.op).expect("pool op");
                         match kind {
                             PoolKind::Max => grad::max_pool2d_backward(
                                 &g,
