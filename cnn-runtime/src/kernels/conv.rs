@@ -280,15 +280,26 @@ fn direct_grid(g: &Conv2dGeom) -> Option<(usize, usize)> {
     (2 * g.out_h * g.out_w >= hv * wv).then_some((hv, wv))
 }
 
-/// Scratch for the direct path's copy of the input as `[C, N, Hv, Wv]`: needed when the
-/// grid is larger than the input, or to fold a batch of multi-channel images.
+/// Scratch for the direct path's copy of the input as `[C, N, Hv, Wv]` (each channel
+/// [`padded_stride`] floats apart): needed when the grid is larger than the input, or to fold
+/// a batch of multi-channel images.
 fn transpose_len(g: &Conv2dGeom, batch: usize) -> usize {
     match direct_grid(g) {
         Some((hv, wv)) if (batch > 1 && g.in_channels > 1) || hv != g.in_h || wv != g.in_w => {
-            g.in_channels * batch * hv * wv
+            g.in_channels * padded_stride(batch * hv * wv)
         }
         _ => 0,
     }
+}
+
+/// Channel stride of the transposed input: `len` rounded up to a whole, odd number of 64-byte
+/// cache lines. A tile reads the same pixels of every input channel; with a stride of
+/// `64·14·14` floats (784 lines, a multiple of 16) those reads fell into 4 of the 64 L1 sets
+/// and evicted each other. An odd number of lines spreads them over all sets (conv 32→32 on
+/// 14×14 at batch 64: best of 8 runs 13% faster, median 7%, on a busy machine).
+fn padded_stride(len: usize) -> usize {
+    let lines = len.div_ceil(16);
+    (lines | 1) * 16
 }
 
 /// Scratch per thread: the im2col buffer of one column vector (packed path only).
@@ -637,13 +648,14 @@ fn run_core(c: &Core, batch: usize, input: &[f32], output: &mut [f32], scratch: 
     let (hv, wv) = grid.unwrap_or((g.out_h, g.out_w));
     let total = batch * hv * wv;
     let (tbuf, rest) = scratch.split_at_mut(transpose_len(g, batch));
+    let tbuf_used = !tbuf.is_empty();
     let (h, w) = (g.in_h, g.in_w);
     let src: &[f32] = if tbuf.is_empty() {
         input
     } else {
         // [N, C, H, W] -> [C, N, Hv, Wv]; grid cells outside the input are never read (the
         // masks only select taps inside H × W), so they are left as they are.
-        tbuf.par_chunks_mut(batch * hv * wv)
+        tbuf.par_chunks_mut(padded_stride(batch * hv * wv))
             .enumerate()
             .for_each(|(ci, dst)| {
                 for n in 0..batch {
@@ -660,12 +672,20 @@ fn run_core(c: &Core, batch: usize, input: &[f32], output: &mut [f32], scratch: 
             });
         tbuf
     };
+    // Channel stride of `src`: the transposed copy's, or H·W of the input itself (one image,
+    // or one channel).
+    let cs = if tbuf_used {
+        padded_stride(total)
+    } else {
+        total
+    };
     let nvec = total.div_ceil(NR);
     let mp = panels_per_group(g);
     let units = nvec * g.groups * mp;
     let work = Work {
         c,
         src,
+        cs,
         input,
         grid,
         total,
@@ -701,6 +721,8 @@ struct Work<'a> {
     c: &'a Core<'a>,
     /// Where the direct path reads (input, or its `[C, N, Hv, Wv]` copy).
     src: &'a [f32],
+    /// Distance in `src` between input channels (direct path).
+    cs: usize,
     input: &'a [f32],
     /// The direct path's virtual grid, or `None` on the packed path.
     grid: Option<(usize, usize)>,
@@ -736,7 +758,7 @@ impl Work<'_> {
         let (mut v, mut grp, mut p) = (u0 / per_vec, (u0 % per_vec) / self.mp, u0 % self.mp);
         let direct = self.grid.is_some();
         let (hv, wv) = self.grid.unwrap_or((g.out_h, g.out_w));
-        let cs = self.total as isize; // batch · Hv · Wv: channel stride of `src`
+        let cs = self.cs as isize;
         for _ in u0..u1 {
             if cur.0 != v {
                 cv.locate(g, (hv, wv), v * NR, self.total);
