@@ -11,8 +11,9 @@
 //! - No heap allocation in steady state. Kernels that need working memory take a caller-provided
 //!   `scratch: &mut [f32]` whose minimum length comes from the matching `*_scratch_len` function;
 //!   [`PackedConv`] owns its packed weights (allocated once, at construction) and still takes
-//!   scratch for per-call buffers. [`linear`] delegates to the `gemm` crate, which keeps its own
-//!   thread-local packing buffers after the first call.
+//!   scratch for per-call buffers. [`linear`] runs its own dot-product kernels for layers with
+//!   at most 32 outputs (a classifier head) and delegates wider ones to the `gemm` crate, which
+//!   keeps its own thread-local packing buffers after the first call.
 //! - Multi-threaded kernels use the current rayon pool (callers choose the thread count with
 //!   `ThreadPool::install`). Results do not depend on the number of threads: every output value
 //!   is computed by one piece of work in a fixed order.
@@ -20,7 +21,7 @@
 //! - [`reference`](mod@reference) holds a naive, obviously correct version of every kernel (accumulating in
 //!   `f64`); the tests compare the fast kernels against it.
 //!
-//! The convolution has AVX-512 and AVX2+FMA paths (chosen at run time with
+//! The convolution and the narrow linear layer have AVX-512 and AVX2+FMA paths (chosen at run time with
 //! `is_x86_feature_detected!`) and a portable fallback with the same blocking; all three are
 //! tested, see [`Isa`].
 
