@@ -415,8 +415,8 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
         pub struct #name {
             tensors: #tensors_struct,
             convs: #convs_struct,
-            bufs: [::std::vec::Vec<f32>; 2],
-            scratch: ::std::vec::Vec<f32>,
+            bufs: [#rt::AlignedBuf; 2],
+            scratch: #rt::AlignedBuf,
             capacity: usize,
             threads: usize,
         }
@@ -490,7 +490,7 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
 
             fn from_tensors(tensors: #tensors_struct) -> Self {
                 let convs = #convs_struct { #(#conv_inits,)* };
-                Self { tensors, convs, bufs: [::std::vec::Vec::new(), ::std::vec::Vec::new()], scratch: ::std::vec::Vec::new(), capacity: 0, threads: 0 }
+                Self { tensors, convs, bufs: [#rt::AlignedBuf::default(), #rt::AlignedBuf::default()], scratch: #rt::AlignedBuf::default(), capacity: 0, threads: 0 }
             }
 
             /// Loads a safetensors file with PyTorch `state_dict` names; every missing, extra,
@@ -522,13 +522,9 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 let batch = batch.max(self.capacity);
                 #unused_scratch
                 let need = #scratch_expr;
-                if self.scratch.len() < need {
-                    self.scratch.resize(need, 0.0);
-                }
+                self.scratch.grow(need);
                 for b in &mut self.bufs {
-                    if b.len() < Self::BUF_LEN * batch {
-                        b.resize(Self::BUF_LEN * batch, 0.0);
-                    }
+                    b.grow(Self::BUF_LEN * batch);
                 }
                 self.capacity = batch;
                 self.threads = threads.max(self.threads);

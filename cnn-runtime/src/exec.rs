@@ -2,6 +2,7 @@
 //! following the two-buffer plan from `cnn_dsl::plan`. After the first call at a given batch
 //! size it does no heap allocation.
 
+use crate::buf::AlignedBuf;
 use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::init::{Rng, default_weights};
 use crate::kernels::{self, Activation as KAct, BatchNormParams, PackedConv};
@@ -103,8 +104,8 @@ pub struct Executor {
     plan: Plan,
     weights: Weights,
     kernels: Vec<Kernel>,
-    bufs: [Vec<f32>; 2],
-    scratch: Vec<f32>,
+    bufs: [AlignedBuf; 2],
+    scratch: AlignedBuf,
     capacity: usize,
     pool: std::sync::Arc<rayon::ThreadPool>,
 }
@@ -170,8 +171,8 @@ impl Executor {
             plan,
             weights,
             kernels,
-            bufs: [Vec::new(), Vec::new()],
-            scratch: Vec::new(),
+            bufs: [AlignedBuf::default(), AlignedBuf::default()],
+            scratch: AlignedBuf::default(),
             capacity: 0,
             pool,
         })
@@ -212,17 +213,15 @@ impl Executor {
             return;
         }
         let n = self.plan.buffer_len.max(self.plan.output_len()) * batch;
-        self.bufs[0].resize(n, 0.0);
-        self.bufs[1].resize(n, 0.0);
+        self.bufs[0].grow(n);
+        self.bufs[1].grow(n);
         let threads = self.threads();
         let scratch = self.kernels.iter().map(|k| match k {
             Kernel::Conv(c) => c.scratch_len(batch, threads),
             Kernel::Plain => 0,
         });
         let need = scratch.max().unwrap_or(0);
-        if self.scratch.len() < need {
-            self.scratch.resize(need, 0.0);
-        }
+        self.scratch.grow(need);
         self.capacity = batch;
     }
 
@@ -335,7 +334,7 @@ fn run_step(
     kernel: &Kernel,
     batch: usize,
     input: &[f32],
-    bufs: &mut [Vec<f32>; 2],
+    bufs: &mut [AlignedBuf; 2],
     scratch: &mut [f32],
 ) {
     let out_n = step.out_len * batch;

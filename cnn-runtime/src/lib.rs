@@ -6,6 +6,7 @@
 //! the current rayon pool, so callers choose the thread count with `ThreadPool::install`.
 #![warn(missing_docs)]
 
+pub mod buf;
 pub mod data;
 pub mod error;
 pub mod exec;

@@ -1,5 +1,6 @@
 //! Helpers the generated code calls (through `cnn::__private`); not a stable API.
 
+pub use crate::buf::AlignedBuf;
 use crate::error::Error;
 use crate::weights::{ParamSpec, Weights, WeightsError};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
