@@ -4,6 +4,7 @@ use rayon::prelude::*;
 
 use super::check_len;
 use crate::geom::{AdaptivePoolGeom, Pool2dGeom};
+use crate::kernels::Isa;
 
 /// Index value for an output whose window holds no input position (cannot happen for a
 /// geometry PyTorch accepts); its gradient is dropped.
@@ -27,6 +28,18 @@ pub fn max_pool2d_train_forward(
     input: &[f32],
     output: &mut [f32],
     indices: &mut [u32],
+) {
+    max_pool2d_train_forward_with(g, batch, input, output, indices, Isa::detect());
+}
+
+/// [`max_pool2d_train_forward`] with a chosen instruction set (tests compare them).
+fn max_pool2d_train_forward_with(
+    g: &Pool2dGeom,
+    batch: usize,
+    input: &[f32],
+    output: &mut [f32],
+    indices: &mut [u32],
+    isa: Isa,
 ) {
     let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
     check_len(
@@ -64,6 +77,15 @@ pub fn max_pool2d_train_forward(
         .zip(indices.par_chunks_mut(ohw))
         .zip(input.par_chunks(ihw))
         .for_each(|((out, idx), x)| {
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 && is_plain_2x2(g) {
+                // SAFETY: `Isa::Avx512` is only used when avx512f is available; the geometry
+                // is the plain 2 × 2 / stride 2 one `max_plane_2x2_avx512` requires, and the
+                // three slices are one plane each (par_chunks of the checked lengths).
+                unsafe { max_plane_2x2_avx512(x, g.in_w, g.out_h, g.out_w, out, idx) };
+                return;
+            }
+            let _ = isa;
             if g.dilation_h == 1 && g.dilation_w == 1 {
                 max_plane_dense(x, g.in_w, &hr, &wr, out, idx);
                 return;
@@ -90,6 +112,92 @@ pub fn max_pool2d_train_forward(
                 }
             }
         });
+}
+
+/// `MaxPool2d(2)` without padding: every window is the full 2 × 2 block at `(2·oh, 2·ow)`.
+fn is_plain_2x2(g: &Pool2dGeom) -> bool {
+    (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w) == (2, 2, 2, 2)
+        && (g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) == (0, 0, 1, 1)
+        && 2 * g.out_h <= g.in_h
+        && 2 * g.out_w <= g.in_w
+}
+
+/// One plane of a plain 2 × 2 max pool ([`is_plain_2x2`]) with AVX-512, 16 outputs at a time:
+/// the two input rows are split into even and odd columns and the four candidates compared
+/// in window order with the scalar rules (a greater value or any NaN takes over), as masks,
+/// so random data costs no mispredicted branches.
+///
+/// # Safety
+/// The CPU must support avx512f; `x` holds one `[in_h, in_w]` plane with `in_h >= 2·out_h`
+/// and `in_w >= 2·out_w`; `out` and `idx` hold `out_h · out_w` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn max_plane_2x2_avx512(
+    x: &[f32],
+    in_w: usize,
+    out_h: usize,
+    out_w: usize,
+    out: &mut [f32],
+    idx: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    assert!(x.len() >= 2 * out_h * in_w && in_w >= 2 * out_w);
+    assert!(out.len() == out_h * out_w && idx.len() == out_h * out_w);
+    assert!(x.len() < u32::MAX as usize);
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+    for oh in 0..out_h {
+        let row_a = 2 * oh * in_w;
+        let mut ow = 0;
+        while ow < out_w {
+            let n = (out_w - ow).min(16);
+            let m_out = ((1u32 << n) - 1) as u16;
+            let (m_lo, m_hi) = if n == 16 {
+                (u16::MAX, u16::MAX)
+            } else {
+                let m2 = (1u32 << (2 * n)) - 1;
+                (m2 as u16, (m2 >> 16) as u16)
+            };
+            let pa = x.as_ptr().wrapping_add(row_a + 2 * ow);
+            let pb = pa.wrapping_add(in_w);
+            // SAFETY: the set lanes cover columns 2·ow .. 2·(ow + n) <= 2·out_w <= in_w of rows
+            // 2·oh and 2·oh + 1 < 2·out_h (inside `x`, asserted above); masked-off lanes are
+            // not accessed.
+            let (a0, a1, b0, b1) = unsafe {
+                (
+                    _mm512_maskz_loadu_ps(m_lo, pa),
+                    _mm512_maskz_loadu_ps(m_hi, pa.wrapping_add(16)),
+                    _mm512_maskz_loadu_ps(m_lo, pb),
+                    _mm512_maskz_loadu_ps(m_hi, pb.wrapping_add(16)),
+                )
+            };
+            let cand = [
+                _mm512_permutex2var_ps(a0, even, a1),
+                _mm512_permutex2var_ps(a0, odd, a1),
+                _mm512_permutex2var_ps(b0, even, b1),
+                _mm512_permutex2var_ps(b0, odd, b1),
+            ];
+            let first = _mm512_add_epi32(even, _mm512_set1_epi32((row_a + 2 * ow) as i32));
+            let offs = [0, 1, in_w as i32, in_w as i32 + 1];
+            let mut best = cand[0];
+            let mut arg = first;
+            for k in 1..4 {
+                let c = cand[k];
+                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(c, best)
+                    | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(c, c);
+                best = _mm512_mask_mov_ps(best, take, c);
+                arg = _mm512_mask_add_epi32(arg, take, first, _mm512_set1_epi32(offs[k]));
+            }
+            let o = oh * out_w + ow;
+            // SAFETY: outputs o .. o + n of this plane exist (`out`/`idx` hold out_h·out_w);
+            // lanes past n are masked off.
+            unsafe {
+                _mm512_mask_storeu_ps(out.as_mut_ptr().add(o), m_out, best);
+                _mm512_mask_storeu_epi32(idx.as_mut_ptr().add(o).cast(), m_out, arg);
+            }
+            ow += n;
+        }
+    }
 }
 
 /// One plane of [`max_pool2d_train_forward`] for dilation 1: the same scan over plain ranges
@@ -535,6 +643,57 @@ mod tests {
             1., 1., 1., 0., 1., 1., 1., 0., 1., 1., 1., 0., 0., 0., 0., 0.,
         ];
         assert_eq!(dx, want);
+    }
+
+    #[test]
+    fn plain_2x2_simd_matches_the_scalar_scan() {
+        // Ties, NaNs, infinities and odd sizes (floor mode drops the last row/column).
+        let mut rng = Rng::new(7);
+        for (h, w) in [
+            (2, 2),
+            (4, 34),
+            (5, 33),
+            (28, 28),
+            (14, 14),
+            (3, 63),
+            (2, 40),
+        ] {
+            let g = geom(3, (h, w), (2, 2), (2, 2), (0, 0), (1, 1), false, true);
+            assert!(is_plain_2x2(&g));
+            let batch = 2;
+            let pick = [
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                0.0,
+                -0.0,
+                1.0,
+                1.0,
+            ];
+            let x: Vec<f32> = (0..batch * g.in_len())
+                .map(|_| {
+                    let k = rng.below(12);
+                    if k < pick.len() {
+                        pick[k]
+                    } else {
+                        rng.below(5) as f32
+                    }
+                })
+                .collect();
+            let n = batch * g.out_len();
+            let (mut ys, mut is) = (vec![0.0; n], vec![0; n]);
+            max_pool2d_train_forward_with(&g, batch, &x, &mut ys, &mut is, Isa::Portable);
+            for isa in [Isa::Avx2, Isa::Avx512] {
+                if !isa.is_available() {
+                    continue;
+                }
+                let (mut y, mut i) = (vec![1.5; n], vec![7; n]);
+                max_pool2d_train_forward_with(&g, batch, &x, &mut y, &mut i, isa);
+                assert_eq!(i, is, "{h}x{w} {isa:?} indices");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y), bits(&ys), "{h}x{w} {isa:?} values");
+            }
+        }
     }
 
     #[test]
