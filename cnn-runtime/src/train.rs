@@ -12,6 +12,7 @@
 //! in `softmax`. Same seed, same thread count → identical weights (the kernels are
 //! deterministic; dropout masks come from a seeded generator).
 
+use crate::buf::AlignedBuf;
 use crate::exec::{ExecError, init_weights, param_specs};
 use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::grad::{self, DropoutRng};
@@ -118,14 +119,14 @@ pub struct Trainer {
     tensors: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
     trainable: Vec<usize>,
-    input: Vec<f32>,
-    outs: Vec<Vec<f32>>,
-    dbuf: [Vec<f32>; 2],
+    input: AlignedBuf,
+    outs: Vec<AlignedBuf>,
+    dbuf: [AlignedBuf; 2],
     pool_idx: Vec<Vec<u32>>,
     bn_mean: Vec<Vec<f32>>,
     bn_inv_std: Vec<Vec<f32>>,
     masks: Vec<Vec<u8>>,
-    scratch: Vec<f32>,
+    scratch: AlignedBuf,
     capacity: usize,
     optimizer: Box<dyn Optimizer + Send>,
     rng: DropoutRng,
@@ -287,14 +288,14 @@ impl Trainer {
             tensors,
             grads,
             trainable,
-            input: Vec::new(),
-            outs: (0..n).map(|_| Vec::new()).collect(),
-            dbuf: [Vec::new(), Vec::new()],
+            input: AlignedBuf::default(),
+            outs: (0..n).map(|_| AlignedBuf::default()).collect(),
+            dbuf: [AlignedBuf::default(), AlignedBuf::default()],
             pool_idx: (0..n).map(|_| Vec::new()).collect(),
             bn_mean: (0..n).map(|_| Vec::new()).collect(),
             bn_inv_std: (0..n).map(|_| Vec::new()).collect(),
             masks: (0..n).map(|_| Vec::new()).collect(),
-            scratch: Vec::new(),
+            scratch: AlignedBuf::default(),
             capacity: 0,
             optimizer,
             rng: DropoutRng::new(seed ^ 0x5EED_D50F_0000_0001),
@@ -360,12 +361,14 @@ impl Trainer {
     /// Bytes held for activations, gradients, saved state and scratch at the current capacity.
     pub fn memory_bytes(&self) -> usize {
         let f = |v: &[Vec<f32>]| v.iter().map(Vec::capacity).sum::<usize>() * 4;
-        f(&self.outs)
-            + f(&self.dbuf)
+        let a = |v: &[AlignedBuf]| v.iter().map(AlignedBuf::allocated_bytes).sum::<usize>();
+        a(&self.outs)
+            + a(&self.dbuf)
             + f(&self.bn_mean)
             + f(&self.bn_inv_std)
             + f(&self.grads)
-            + (self.input.capacity() + self.scratch.capacity()) * 4
+            + self.input.allocated_bytes()
+            + self.scratch.allocated_bytes()
             + self.pool_idx.iter().map(Vec::capacity).sum::<usize>() * 4
             + self.masks.iter().map(Vec::capacity).sum::<usize>()
     }
@@ -374,11 +377,11 @@ impl Trainer {
         if batch <= self.capacity {
             return;
         }
-        self.input.resize(self.plan.input_len() * batch, 0.0);
+        self.input.grow(self.plan.input_len() * batch);
         let mut dmax = self.plan.input_len();
         let mut scratch = 0;
         for (k, op) in self.ops.iter().enumerate() {
-            self.outs[k].resize(op.out_len * batch, 0.0);
+            self.outs[k].grow(op.out_len * batch);
             dmax = dmax.max(op.out_len).max(op.in_len);
             match &op.op {
                 Op::Pool2d {
@@ -402,9 +405,9 @@ impl Trainer {
             }
         }
         for d in &mut self.dbuf {
-            d.resize(dmax * batch, 0.0);
+            d.grow(dmax * batch);
         }
-        self.scratch.resize(scratch, 0.0);
+        self.scratch.grow(scratch);
         self.capacity = batch;
     }
 
