@@ -445,22 +445,7 @@ mod tests {
     use super::*;
     use crate::grad::testutil::{Rng, assert_close, dot, fd_grad, to_f64};
 
-    /// PyTorch's pooled size from the checker's formula (the one place sizes are computed).
-    fn out_size(i: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> usize {
-        let u = |x: usize| x as u64;
-        cnn_dsl::check::rules::pool_out(
-            u(i),
-            u(p),
-            u(k),
-            u(s),
-            u(d),
-            ceil,
-            cnn_dsl::ir::PoolKind::Max,
-            "height",
-        )
-        .map(|o| o as usize)
-        .unwrap_or_else(|e| panic!("test geometry is not a valid pooling: {e:?}"))
-    }
+    use crate::kernels::testutil::pool_out_size as out_size;
 
     #[expect(clippy::too_many_arguments, reason = "test geometry builder")]
     fn geom(

@@ -32,7 +32,7 @@ mod norm;
 mod pool;
 pub mod reference;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 pub use activation::{
     gelu, gelu_inplace, leaky_relu, leaky_relu_inplace, log_softmax, relu, relu_inplace, sigmoid,

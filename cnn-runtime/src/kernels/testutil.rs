@@ -32,3 +32,21 @@ pub(crate) fn assert_close(got: &[f32], want: &[f32], k: usize, what: &str) {
         assert!(ok, "{what}: element {i}: got {a}, want {b}");
     }
 }
+
+/// PyTorch's pooled size along one side, from the checker's formula (the one place sizes are
+/// computed); shared by the forward and backward pooling tests.
+pub(crate) fn pool_out_size(i: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> usize {
+    let u = |x: usize| x as u64;
+    cnn_dsl::check::rules::pool_out(
+        u(i),
+        u(p),
+        u(k),
+        u(s),
+        u(d),
+        ceil,
+        cnn_dsl::ir::PoolKind::Max,
+        "height",
+    )
+    .map(|o| o as usize)
+    .unwrap_or_else(|e| panic!("test geometry is not a valid pooling: {e:?}"))
+}
