@@ -2,8 +2,8 @@
 //!
 //! Kernels never derive an output size themselves: the shape checker owns the formulas, and
 //! the plan hands each kernel one of these structs (`cnn-runtime` re-exports them as
-//! `cnn_runtime::geom`). [`Conv2dGeom::from_op`] and [`Pool2dGeom::from_op`] are the one place
-//! a checked [`Op`] becomes a geometry, for the interpreter, the trainer and the code
+//! `cnn_runtime::geom`). Each struct's `from_op` (e.g. [`Conv2dGeom::from_op`]) is the one
+//! place a checked [`Op`] becomes a geometry, for the interpreter, the trainer and the code
 //! generator alike. All tensors are `f32`, NCHW (PyTorch's layout) at the kernel boundary,
 //! batch-major and contiguous.
 
@@ -213,4 +213,55 @@ pub struct BatchNormGeom {
     pub channels: usize,
     /// `H·W` per channel (1 for a feature vector).
     pub spatial: usize,
+}
+
+impl AdaptivePoolGeom {
+    /// The geometry of a checked `Op::AdaptiveAvgPool2d`; `None` for any other op.
+    pub fn from_op(op: &Op) -> Option<AdaptivePoolGeom> {
+        match *op {
+            Op::AdaptiveAvgPool2d {
+                channels,
+                in_h,
+                in_w,
+                out_h,
+                out_w,
+            } => Some(AdaptivePoolGeom {
+                channels,
+                in_h,
+                in_w,
+                out_h,
+                out_w,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl LinearGeom {
+    /// The geometry of a checked `Op::Linear`; `None` for any other op.
+    pub fn from_op(op: &Op) -> Option<LinearGeom> {
+        match *op {
+            Op::Linear {
+                in_features,
+                out_features,
+                ..
+            } => Some(LinearGeom {
+                in_features,
+                out_features,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl BatchNormGeom {
+    /// The geometry of a checked `Op::BatchNorm2d`; `None` for any other op.
+    pub fn from_op(op: &Op) -> Option<BatchNormGeom> {
+        match *op {
+            Op::BatchNorm2d {
+                channels, spatial, ..
+            } => Some(BatchNormGeom { channels, spatial }),
+            _ => None,
+        }
+    }
 }

@@ -368,31 +368,15 @@ fn run_step(
                 PoolKind::Avg => kernels::avg_pool2d(&g, batch, s, dst),
             }
         }
-        &Op::AdaptiveAvgPool2d {
-            channels,
-            in_h,
-            in_w,
-            out_h,
-            out_w,
-        } => {
-            let g = AdaptivePoolGeom {
-                channels,
-                in_h,
-                in_w,
-                out_h,
-                out_w,
-            };
+        Op::AdaptiveAvgPool2d { .. } => {
+            let g = AdaptivePoolGeom::from_op(&step.op).expect("adaptive pool op");
             if let Some(s) = src {
-                kernels::adaptive_avg_pool2d(&g, batch, &s[..channels * in_h * in_w * batch], dst);
+                let n_in = g.channels * g.in_h * g.in_w * batch;
+                kernels::adaptive_avg_pool2d(&g, batch, &s[..n_in], dst);
             }
         }
-        &Op::BatchNorm2d {
-            channels,
-            spatial,
-            eps,
-            ..
-        } => {
-            let g = BatchNormGeom { channels, spatial };
+        &Op::BatchNorm2d { eps, .. } => {
+            let g = BatchNormGeom::from_op(&step.op).expect("batchnorm op");
             let params = BatchNormParams {
                 gamma: Some(p(0)),
                 beta: Some(p(1)),
@@ -418,14 +402,9 @@ fn run_step(
             }
         }
         &Op::Linear {
-            in_features,
-            out_features,
-            bias,
+            in_features, bias, ..
         } => {
-            let g = LinearGeom {
-                in_features,
-                out_features,
-            };
+            let g = LinearGeom::from_op(&step.op).expect("linear op");
             if let Some(s) = src {
                 kernels::linear(
                     &g,

@@ -576,33 +576,16 @@ impl Trainer {
                         PoolKind::Avg => kernels::avg_pool2d(&g, batch, src, dst),
                     }
                 }
-                &Op::AdaptiveAvgPool2d {
-                    channels,
-                    in_h,
-                    in_w,
-                    out_h,
-                    out_w,
-                } => {
+                Op::AdaptiveAvgPool2d { .. } => {
                     kernels::adaptive_avg_pool2d(
-                        &AdaptivePoolGeom {
-                            channels,
-                            in_h,
-                            in_w,
-                            out_h,
-                            out_w,
-                        },
+                        &AdaptivePoolGeom::from_op(&op.op).expect("adaptive pool op"),
                         batch,
                         src,
                         dst,
                     );
                 }
-                &Op::BatchNorm2d {
-                    channels,
-                    spatial,
-                    eps,
-                    momentum,
-                } => {
-                    let g = BatchNormGeom { channels, spatial };
+                &Op::BatchNorm2d { eps, momentum, .. } => {
+                    let g = BatchNormGeom::from_op(&op.op).expect("batchnorm op");
                     if train {
                         let idx = [op.params[0], op.params[1], op.params[2], op.params[3]];
                         let Ok([gamma, beta, mean, var]) = tensors.get_disjoint_mut(idx) else {
@@ -660,16 +643,9 @@ impl Trainer {
                     }
                 }
                 Op::Flatten { .. } => dst.copy_from_slice(src),
-                &Op::Linear {
-                    in_features,
-                    out_features,
-                    bias,
-                } => {
+                &Op::Linear { bias, .. } => {
                     kernels::linear(
-                        &LinearGeom {
-                            in_features,
-                            out_features,
-                        },
+                        &LinearGeom::from_op(&op.op).expect("linear op"),
                         batch,
                         src,
                         p(0),
@@ -779,18 +755,11 @@ impl Trainer {
                         scratch,
                     );
                 }
-                &Op::Linear {
-                    in_features,
-                    out_features,
-                    bias,
-                } => {
+                &Op::Linear { bias, .. } => {
                     let (w, b) = (op.params[0], op.params.get(1).copied());
                     let (gw, gb) = split_two(grads, w, b.filter(|_| bias));
                     grad::linear_backward(
-                        &LinearGeom {
-                            in_features,
-                            out_features,
-                        },
+                        &LinearGeom::from_op(&op.op).expect("linear op"),
                         batch,
                         src,
                         &tensors[w],
@@ -815,36 +784,22 @@ impl Trainer {
                         }
                     }
                 }
-                &Op::AdaptiveAvgPool2d {
-                    channels,
-                    in_h,
-                    in_w,
-                    out_h,
-                    out_w,
-                } => {
+                Op::AdaptiveAvgPool2d { .. } => {
                     if need_dx {
                         grad::adaptive_avg_pool2d_backward(
-                            &AdaptivePoolGeom {
-                                channels,
-                                in_h,
-                                in_w,
-                                out_h,
-                                out_w,
-                            },
+                            &AdaptivePoolGeom::from_op(&op.op).expect("adaptive pool op"),
                             batch,
                             d_out,
                             d_in,
                         );
                     }
                 }
-                &Op::BatchNorm2d {
-                    channels, spatial, ..
-                } => {
+                Op::BatchNorm2d { .. } => {
                     let (w, b) = (op.params[0], op.params[1]);
                     let (gw, gb) = split_two(grads, w, Some(b));
                     let gb = gb.expect("batchnorm bias gradient");
                     grad::batch_norm2d_backward(
-                        &BatchNormGeom { channels, spatial },
+                        &BatchNormGeom::from_op(&op.op).expect("batchnorm op"),
                         batch,
                         src,
                         &tensors[w],
