@@ -247,3 +247,32 @@ fn gen_prints_formatted_code_and_bench_prints_json() {
         }
     }
 }
+
+#[test]
+fn bench_train_names_its_optimizer_and_refuses_it_without_train() {
+    for (opt, name) in [("sgd", "SGD"), ("adam", "Adam")] {
+        let (code, out, err) = cnnc(&[
+            "bench",
+            "examples/models/seed.yaml",
+            "--train",
+            "--optimizer",
+            opt,
+            "--batch",
+            "2",
+            "--threads",
+            "1",
+            "--seconds",
+            "0.05",
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["path"], "train");
+        assert_eq!(v["optimizer"], name);
+        assert!(v["images_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    }
+    // An optimizer only means something for a training step.
+    let (code, _, err) = cnnc(&["bench", "examples/models/seed.yaml", "--optimizer", "sgd"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--train"), "{err}");
+}

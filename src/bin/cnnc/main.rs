@@ -183,9 +183,13 @@ enum Command {
         /// Also time each kernel call (GFLOP/s per layer).
         #[arg(long)]
         layers: bool,
-        /// Time a training step (forward, backward, Adam update) instead of inference.
+        /// Time a training step (forward, backward, optimizer update) instead of inference.
         #[arg(long)]
         train: bool,
+        /// The optimizer of the timed training step, at its default settings (Adam lr 1e-3;
+        /// SGD lr 0.01 without momentum, as in `../shared/bench/torch_seed.py`).
+        #[arg(long, value_enum, default_value_t = train_cmds::OptKind::Adam, requires = "train")]
+        optimizer: train_cmds::OptKind,
     },
 }
 
@@ -307,6 +311,7 @@ fn main() -> ExitCode {
             json,
             layers,
             train,
+            optimizer,
         } => {
             if batch == 0 {
                 eprintln!("error: --batch must be at least 1");
@@ -321,6 +326,7 @@ fn main() -> ExitCode {
                     json,
                     layers,
                     train,
+                    optimizer,
                 },
                 color,
             )

@@ -255,6 +255,7 @@ pub struct BenchArgs<'a> {
     pub json: bool,
     pub layers: bool,
     pub train: bool,
+    pub optimizer: crate::train_cmds::OptKind,
 }
 
 struct Timing {
@@ -417,12 +418,14 @@ fn bench_train(
     flops: f64,
 ) -> anyhow::Result<()> {
     let labels: Vec<usize> = (0..a.batch).map(|i| i % p.output_len().max(1)).collect();
-    let mut t = cnn::runtime::train::Trainer::new(
-        model,
-        Box::new(cnn::runtime::optim::Adam::new()),
-        0,
-        a.threads,
-    )?;
+    use crate::train_cmds::OptKind;
+    use cnn::runtime::optim::{Adam, Optimizer, Sgd};
+    let (opt, opt_name): (Box<dyn Optimizer + Send>, &str) = match a.optimizer {
+        OptKind::Adam => (Box::new(Adam::new()), "Adam"),
+        OptKind::Adamw => (Box::new(Adam::adamw()), "AdamW"),
+        OptKind::Sgd => (Box::new(Sgd::new(0.01)), "SGD"),
+    };
+    let mut t = cnn::runtime::train::Trainer::new(model, opt, 0, a.threads)?;
     let threads = t.threads();
     let timing = time_loop(a.seconds, || {
         let _ = t.train_step(input, &labels);
@@ -433,13 +436,13 @@ fn bench_train(
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"path": "train", "batch": a.batch, "threads": threads, "images_per_s": ips,
+            serde_json::json!({"path": "train", "optimizer": opt_name, "batch": a.batch, "threads": threads, "images_per_s": ips,
                 "latency_us_p50": timing.pct(0.5) * 1e6, "latency_us_p99": timing.pct(0.99) * 1e6, "gflops": gflops,
                 "iterations": timing.lat.len(), "memory_mib": t.memory_bytes() as f64 / (1u64 << 20) as f64})
         );
     } else {
         println!(
-            "{}: training step (forward, backward, Adam), batch {}, {} thread(s)",
+            "{}: training step (forward, backward, {opt_name}), batch {}, {} thread(s)",
             p.name, a.batch, threads
         );
         println!(
