@@ -395,6 +395,80 @@ impl Default for Adam {
     }
 }
 
+/// Weight decay of one Adam step: none, L2 (added to the gradient) or decoupled (AdamW, a
+/// factor on the parameter before the update).
+#[derive(Clone, Copy)]
+enum WeightDecay {
+    None,
+    L2(f32),
+    Decoupled(f32),
+}
+
+/// The per-step constants of an Adam update.
+struct AdamConsts {
+    w1: f32,
+    b2f: f32,
+    w2: f32,
+    step_size: f32,
+    bc2_sqrt: f32,
+    eps: f32,
+    wd: WeightDecay,
+}
+
+/// `torch.optim.Adam`'s element-wise update of one parameter tensor (`grad` maps the
+/// parameter and its gradient to the gradient used, for L2 weight decay); with `vmax`, AMSGrad.
+#[inline(always)]
+fn adam_loop(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    k: &AdamConsts,
+    grad: impl Fn(f32, f32) -> f32,
+    vmax: Option<&mut [f32]>,
+) {
+    let n = p.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    let upd = |t: &mut f32, g0: f32, m: &mut f32, v: &mut f32, mx: Option<&mut f32>| {
+        let g = grad(*t, g0);
+        // torch.lerp: weight < 0.5 → start + w·(end − start), else end − (end − start)·(1 − w)
+        *m = if k.w1 < 0.5 {
+            *m + k.w1 * (g - *m)
+        } else {
+            g - (g - *m) * (1.0 - k.w1)
+        };
+        *v = *v * k.b2f + k.w2 * g * g;
+        let vv = match mx {
+            Some(mx) => {
+                *mx = mx.max(*v);
+                *mx
+            }
+            None => *v,
+        };
+        let denom = vv.sqrt() / k.bc2_sqrt + k.eps;
+        *t += -k.step_size * (*m / denom);
+    };
+    match vmax {
+        None => {
+            for (((t, &g0), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                upd(t, g0, m, v, None);
+            }
+        }
+        Some(vmax) => {
+            let vmax = &mut vmax[..n];
+            for ((((t, &g0), m), v), mx) in p
+                .iter_mut()
+                .zip(g)
+                .zip(m.iter_mut())
+                .zip(v.iter_mut())
+                .zip(vmax.iter_mut())
+            {
+                upd(t, g0, m, v, Some(mx));
+            }
+        }
+    }
+}
+
 impl Optimizer for Adam {
     fn step(&mut self, params: &mut [&mut [f32]], grads: &[&[f32]]) {
         let nbuf = self.names().len();
@@ -425,35 +499,51 @@ impl Optimizer for Adam {
         let (b2f, w2) = (b2 as f32, (1.0 - b2) as f32);
         let wd = self.weight_decay as f32;
         let decay = (1.0 - self.lr * self.weight_decay) as f32;
+        let k = AdamConsts {
+            w1,
+            b2f,
+            w2,
+            step_size,
+            bc2_sqrt,
+            eps,
+            wd: if self.weight_decay == 0.0 {
+                WeightDecay::None
+            } else if self.decoupled {
+                WeightDecay::Decoupled(decay)
+            } else {
+                WeightDecay::L2(wd)
+            },
+        };
         for ((p, g), st) in params.iter_mut().zip(grads).zip(&mut self.state) {
             let (m, rest) = st.split_at_mut(1);
             let (v, vmax) = rest.split_at_mut(1);
-            let (m, v) = (&mut m[0], &mut v[0]);
-            for (j, (t, &g0)) in p.iter_mut().zip(g.iter()).enumerate() {
-                let mut g = g0;
-                if self.weight_decay != 0.0 {
-                    if self.decoupled {
-                        *t *= decay;
-                    } else {
-                        g += wd * *t;
-                    }
+            let vmax = vmax.first_mut().map(|x| &mut x[..]);
+            // One loop per case, no branches inside: the compiler vectorises each (the
+            // per-element arithmetic, and so the result, is the same in every case).
+            match (k.wd, vmax) {
+                (WeightDecay::None, None) => {
+                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |_, g| g, None)
                 }
-                // torch.lerp: weight < 0.5 → start + w·(end − start), else end − (end − start)·(1 − w)
-                m[j] = if w1 < 0.5 {
-                    m[j] + w1 * (g - m[j])
-                } else {
-                    g - (g - m[j]) * (1.0 - w1)
-                };
-                v[j] = v[j] * b2f + w2 * g * g;
-                let vv = if self.amsgrad {
-                    let mx = &mut vmax[0][j];
-                    *mx = mx.max(v[j]);
-                    *mx
-                } else {
-                    v[j]
-                };
-                let denom = vv.sqrt() / bc2_sqrt + eps;
-                *t += -step_size * (m[j] / denom);
+                (WeightDecay::L2(wd), None) => {
+                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |t, g| g + wd * t, None)
+                }
+                (WeightDecay::Decoupled(d), None) => {
+                    for t in p.iter_mut() {
+                        *t *= d;
+                    }
+                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |_, g| g, None)
+                }
+                (WeightDecay::L2(wd), Some(mx)) => {
+                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |t, g| g + wd * t, Some(mx))
+                }
+                (wdk, Some(mx)) => {
+                    if let WeightDecay::Decoupled(d) = wdk {
+                        for t in p.iter_mut() {
+                            *t *= d;
+                        }
+                    }
+                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |_, g| g, Some(mx))
+                }
             }
         }
     }
@@ -593,6 +683,80 @@ mod tests {
     #[should_panic(expected = "Nesterov momentum requires")]
     fn sgd_nesterov_without_momentum_panics() {
         run(&mut Sgd::new(0.1).nesterov(true), &mut [1.0], &[0.5]);
+    }
+
+    /// The update written element by element with its branches inside the loop (the form
+    /// before the per-case loops): every variant must give bit-identical parameters and state.
+    #[test]
+    fn vectorised_loops_match_the_scalar_update() {
+        fn reference(o: &Adam, t_step: u64, p: &mut [f32], g: &[f32], st: &mut [Vec<f32>]) {
+            let t = t_step as f64;
+            let (b1, b2) = o.betas;
+            let step_size = (o.lr / (1.0 - b1.powf(t))) as f32;
+            let bc2_sqrt = (1.0 - b2.powf(t)).sqrt() as f32;
+            let (eps, w1, b2f, w2) = (
+                o.eps as f32,
+                (1.0 - b1) as f32,
+                b2 as f32,
+                (1.0 - b2) as f32,
+            );
+            let (wd, decay) = (o.weight_decay as f32, (1.0 - o.lr * o.weight_decay) as f32);
+            for j in 0..p.len() {
+                let mut g = g[j];
+                if o.weight_decay != 0.0 {
+                    if o.decoupled {
+                        p[j] *= decay;
+                    } else {
+                        g += wd * p[j];
+                    }
+                }
+                let m = st[0][j];
+                st[0][j] = if w1 < 0.5 {
+                    m + w1 * (g - m)
+                } else {
+                    g - (g - m) * (1.0 - w1)
+                };
+                st[1][j] = st[1][j] * b2f + w2 * g * g;
+                let vv = if o.amsgrad {
+                    st[2][j] = st[2][j].max(st[1][j]);
+                    st[2][j]
+                } else {
+                    st[1][j]
+                };
+                p[j] += -step_size * (st[0][j] / (vv.sqrt() / bc2_sqrt + eps));
+            }
+        }
+        let data = |seed: u32, n: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    ((i as u32 * 2_654_435_761 ^ seed).wrapping_mul(40_503) >> 8) as f32 / 1e7 - 0.8
+                })
+                .collect()
+        };
+        for (wd, decoupled) in [(0.0, false), (0.3, false), (0.3, true)] {
+            for amsgrad in [false, true] {
+                let mut o = Adam::new().with_lr(0.05).weight_decay(wd).amsgrad(amsgrad);
+                o.decoupled = decoupled;
+                let reference_opt = o.clone();
+                let mut p = data(1, 37);
+                let mut q = p.clone();
+                let mut st = vec![vec![0.0f32; 37]; 3];
+                for step in 1..=4u64 {
+                    let g = data(step as u32 + 7, 37);
+                    o.step(&mut [&mut p[..]], &[&g[..]]);
+                    reference(&reference_opt, step, &mut q, &g, &mut st);
+                    let what =
+                        format!("wd {wd} decoupled {decoupled} amsgrad {amsgrad} step {step}");
+                    assert_eq!(
+                        p.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        q.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        "{what}"
+                    );
+                    assert_eq!(o.state[0][0], st[0], "{what}: exp_avg");
+                    assert_eq!(o.state[0][1], st[1], "{what}: exp_avg_sq");
+                }
+            }
+        }
     }
 
     #[test]
