@@ -381,7 +381,9 @@ impl Trainer {
         let mut dmax = self.plan.input_len();
         let mut scratch = 0;
         for (k, op) in self.ops.iter().enumerate() {
-            self.outs[k].grow(op.out_len * batch);
+            if !elided(&self.ops, k) {
+                self.outs[k].grow(op.out_len * batch);
+            }
             dmax = dmax.max(op.out_len).max(op.in_len);
             match &op.op {
                 Op::Pool2d {
@@ -535,11 +537,13 @@ impl Trainer {
         } = self;
         for k in 0..ops.len() {
             let op = &ops[k];
+            if elided(ops, k) {
+                continue;
+            }
             let (before, rest) = outs.split_at_mut(k);
-            let src: &[f32] = if k == 0 {
-                &input[..op.in_len * batch]
-            } else {
-                &before[k - 1][..op.in_len * batch]
+            let src: &[f32] = match src_buf(ops, k) {
+                None => &input[..op.in_len * batch],
+                Some(j) => &before[j][..op.in_len * batch],
             };
             let dst = &mut rest[0][..op.out_len * batch];
             let p = |j: usize| &tensors[op.params[j]][..];
@@ -721,16 +725,22 @@ impl Trainer {
         } = self;
         let [da, db] = dbuf;
         let (mut cur, mut next) = (da, db);
+        // Set when a max pool's backward already applied the ReLU fused into the op before it.
+        let mut relu_applied = false;
         for k in (0..ops.len()).rev() {
             let op = &ops[k];
-            let src: &[f32] = if k == 0 {
-                &input[..op.in_len * batch]
-            } else {
-                &outs[k - 1][..op.in_len * batch]
+            if elided(ops, k) {
+                // The gradient w.r.t. its input is the one w.r.t. its output, already in `cur`.
+                continue;
+            }
+            let src: &[f32] = match src_buf(ops, k) {
+                None => &input[..op.in_len * batch],
+                Some(j) => &outs[j][..op.in_len * batch],
             };
             let out = &outs[k][..op.out_len * batch];
             let d_out = &mut cur[..op.out_len * batch];
             match op.fused {
+                Some(Activation::Relu) if std::mem::take(&mut relu_applied) => {}
                 Some(Activation::Relu) => grad::relu_backward_inplace(out, d_out),
                 Some(Activation::LeakyRelu(s)) => grad::leaky_relu_backward_inplace(out, s, d_out),
                 _ => {}
@@ -773,6 +783,18 @@ impl Trainer {
                     if need_dx {
                         let g = Pool2dGeom::from_op(&op.op).expect("pool op");
                         match kind {
+                            // ReLU (fused into the op before) then max pool: one pass.
+                            PoolKind::Max if ops[k - 1].fused == Some(Activation::Relu) => {
+                                grad::max_pool2d_relu_backward(
+                                    &g,
+                                    batch,
+                                    &pool_idx[k][..op.out_len * batch],
+                                    src,
+                                    d_out,
+                                    d_in,
+                                );
+                                relu_applied = true;
+                            }
                             PoolKind::Max => grad::max_pool2d_backward(
                                 &g,
                                 batch,
@@ -861,6 +883,19 @@ impl Trainer {
 }
 
 /// Two distinct mutable gradient slices (`b` may be absent).
+/// Whether op `k` is a flatten that is not materialised: flattening contiguous NCHW data is the
+/// identity, so the next op reads the flatten's input buffer and the backward passes the
+/// gradient through. The last op is always materialised (it is the model's output).
+fn elided(ops: &[TOp], k: usize) -> bool {
+    matches!(ops[k].op, Op::Flatten { .. }) && k + 1 < ops.len()
+}
+
+/// The buffer holding op `k`'s input: the output of the nearest earlier op that is not
+/// [`elided`], or `None` for the network input.
+fn src_buf(ops: &[TOp], k: usize) -> Option<usize> {
+    (0..k).rev().find(|&j| !elided(ops, j))
+}
+
 fn split_two(
     grads: &mut [Vec<f32>],
     a: usize,

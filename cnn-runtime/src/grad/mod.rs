@@ -42,7 +42,7 @@ pub use loss::{log_softmax_backward, nll_loss, softmax_backward, softmax_cross_e
 pub use norm::{batch_norm2d_backward, batch_norm2d_train_forward};
 pub use pool::{
     adaptive_avg_pool2d_backward, avg_pool2d_backward, max_pool2d_backward,
-    max_pool2d_train_forward,
+    max_pool2d_relu_backward, max_pool2d_train_forward,
 };
 
 /// Panics with a uniform message unless `slice` has exactly `want` elements.

@@ -282,6 +282,41 @@ pub fn max_pool2d_backward(
     d_out: &[f32],
     d_input: &mut [f32],
 ) {
+    max_backward_masked(g, batch, indices, None, d_out, d_input);
+}
+
+/// The backward of `ReLU → nn.MaxPool2d` in one pass: [`max_pool2d_backward`], then
+/// [`relu_backward_inplace`](super::relu_backward_inplace) with the pool's input `relu_out`
+/// (the ReLU's output), without the second pass over `d_input`: a gradient is routed to input
+/// position `i` only where `relu_out[i] > 0` (PyTorch's `threshold_backward` test, so NaN
+/// blocks it too). Bit-identical to the two calls.
+///
+/// # Panics
+/// As [`max_pool2d_backward`], or if `relu_out` is not `[batch, C, H, W]`.
+pub fn max_pool2d_relu_backward(
+    g: &Pool2dGeom,
+    batch: usize,
+    indices: &[u32],
+    relu_out: &[f32],
+    d_out: &[f32],
+    d_input: &mut [f32],
+) {
+    check_len(
+        "max_pool2d_relu_backward relu_out",
+        relu_out.len(),
+        batch * g.in_len(),
+    );
+    max_backward_masked(g, batch, indices, Some(relu_out), d_out, d_input);
+}
+
+fn max_backward_masked(
+    g: &Pool2dGeom,
+    batch: usize,
+    indices: &[u32],
+    relu_out: Option<&[f32]>,
+    d_out: &[f32],
+    d_input: &mut [f32],
+) {
     let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
     check_len(
         "max_pool2d_backward indices",
@@ -305,18 +340,39 @@ pub fn max_pool2d_backward(
         d_input.fill(0.0);
         return;
     }
-    d_input
-        .par_chunks_mut(ihw)
-        .zip(d_out.par_chunks(ohw))
-        .zip(indices.par_chunks(ohw))
-        .for_each(|((dx, dy), idx)| {
-            dx.fill(0.0);
-            for (&i, &v) in idx.iter().zip(dy) {
-                if i != NO_INDEX {
-                    dx[i as usize] += v;
+    let scatter = |dx: &mut [f32], dy: &[f32], idx: &[u32], x: Option<&[f32]>| {
+        dx.fill(0.0);
+        match x {
+            None => {
+                for (&i, &v) in idx.iter().zip(dy) {
+                    if i != NO_INDEX {
+                        dx[i as usize] += v;
+                    }
                 }
             }
-        });
+            Some(x) => {
+                for (&i, &v) in idx.iter().zip(dy) {
+                    if i != NO_INDEX {
+                        // A select, not a branch: the ReLU mask is unpredictable. Adding +0.0
+                        // to the +0.0 the position starts at leaves it +0.0, as the two-pass
+                        // form's zeroing does.
+                        let j = i as usize;
+                        dx[j] += if x[j] > 0.0 { v } else { 0.0 };
+                    }
+                }
+            }
+        }
+    };
+    let planes = d_input
+        .par_chunks_mut(ihw)
+        .zip(d_out.par_chunks(ohw))
+        .zip(indices.par_chunks(ohw));
+    match relu_out {
+        None => planes.for_each(|((dx, dy), idx)| scatter(dx, dy, idx, None)),
+        Some(x) => planes
+            .zip(x.par_chunks(ihw))
+            .for_each(|(((dx, dy), idx), x)| scatter(dx, dy, idx, Some(x))),
+    }
 }
 
 /// Backward of `nn.AvgPool2d` (PyTorch `avg_pool2d_backward`, no `divisor_override`).
@@ -611,6 +667,34 @@ mod tests {
             3,
             3,
         );
+    }
+
+    #[test]
+    fn relu_fused_backward_equals_pool_then_relu_backward() {
+        let g = geom(3, (6, 8), (2, 2), (2, 2), (0, 0), (1, 1), false, true);
+        let batch = 2;
+        let mut rng = Rng::new(11);
+        // A ReLU output: zeros (a third of it), positives, and a NaN that must block.
+        let mut x: Vec<f32> = rng
+            .vec(batch * g.in_len(), -0.5, 1.0)
+            .iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        x[5] = f32::NAN;
+        let r = rng.vec(batch * g.out_len(), -1.0, 1.0);
+        let (mut y, mut idx) = (vec![0.0; r.len()], vec![0; r.len()]);
+        max_pool2d_train_forward(&g, batch, &x, &mut y, &mut idx);
+        let mut want = vec![f32::NAN; x.len()];
+        max_pool2d_backward(&g, batch, &idx, &r, &mut want);
+        crate::grad::relu_backward_inplace(&x, &mut want);
+        let mut got = vec![f32::NAN; x.len()];
+        max_pool2d_relu_backward(&g, batch, &idx, &x, &r, &mut got);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+        // Some routed gradients were blocked by the mask, so the test sees it.
+        let mut unmasked = vec![0.0; x.len()];
+        max_pool2d_backward(&g, batch, &idx, &r, &mut unmasked);
+        assert_ne!(bits(&unmasked), bits(&want));
     }
 
     #[test]
