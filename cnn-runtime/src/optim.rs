@@ -729,7 +729,10 @@ mod tests {
         let data = |seed: u32, n: usize| -> Vec<f32> {
             (0..n)
                 .map(|i| {
-                    ((i as u32 * 2_654_435_761 ^ seed).wrapping_mul(40_503) >> 8) as f32 / 1e7 - 0.8
+                    (((i as u32).wrapping_mul(2_654_435_761) ^ seed).wrapping_mul(40_503) >> 8)
+                        as f32
+                        / 1e7
+                        - 0.8
                 })
                 .collect()
         };
