@@ -882,7 +882,6 @@ impl Trainer {
     }
 }
 
-/// Two distinct mutable gradient slices (`b` may be absent).
 /// Whether op `k` is a flatten that is not materialised: flattening contiguous NCHW data is the
 /// identity, so the next op reads the flatten's input buffer and the backward passes the
 /// gradient through. The last op is always materialised (it is the model's output).
@@ -896,6 +895,7 @@ fn src_buf(ops: &[TOp], k: usize) -> Option<usize> {
     (0..k).rev().find(|&j| !elided(ops, j))
 }
 
+/// Two distinct mutable gradient slices (`b` may be absent).
 fn split_two(
     grads: &mut [Vec<f32>],
     a: usize,
