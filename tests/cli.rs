@@ -207,13 +207,10 @@ fn run_errors_are_clear() {
     assert!(out.contains("top-2"), "{out}");
 }
 
-#[test]
-fn gen_prints_formatted_code_and_bench_prints_json() {
-    let (code, out, _) = cnnc(&["gen", "examples/models/seed.cnn"]);
-    assert_eq!(code, 0);
-    assert!(out.starts_with("// @generated"));
-    assert!(out.contains("pub struct SeedCnn"));
-    let (code, out, err) = cnnc(&[
+/// `cnnc bench` on the seed model, batch 2, one thread, a short timing, `--json` plus `extra`:
+/// the JSON lines it printed (it must succeed).
+fn bench_json(extra: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
         "bench",
         "examples/models/seed.yaml",
         "--batch",
@@ -223,12 +220,22 @@ fn gen_prints_formatted_code_and_bench_prints_json() {
         "--seconds",
         "0.05",
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = cnnc(&args);
     assert_eq!(code, 0, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
+    out.lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn gen_prints_formatted_code_and_bench_prints_json() {
+    let (code, out, _) = cnnc(&["gen", "examples/models/seed.cnn"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("// @generated"));
+    assert!(out.contains("pub struct SeedCnn"));
+    let lines = bench_json(&[]);
     let paths: Vec<_> = lines
         .iter()
         .map(|l| l["path"].as_str().unwrap().to_string())
@@ -251,22 +258,10 @@ fn gen_prints_formatted_code_and_bench_prints_json() {
 #[test]
 fn bench_train_names_its_optimizer_and_refuses_it_without_train() {
     for (opt, name) in [("sgd", "SGD"), ("adam", "Adam")] {
-        let (code, out, err) = cnnc(&[
-            "bench",
-            "examples/models/seed.yaml",
-            "--train",
-            "--optimizer",
-            opt,
-            "--batch",
-            "2",
-            "--threads",
-            "1",
-            "--seconds",
-            "0.05",
-            "--json",
-        ]);
-        assert_eq!(code, 0, "{err}");
-        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let lines = bench_json(&["--train", "--optimizer", opt]);
+        let [v] = &lines[..] else {
+            panic!("one JSON line for a training bench: {lines:?}")
+        };
         assert_eq!(v["path"], "train");
         assert_eq!(v["optimizer"], name);
         assert!(v["images_per_s"].as_f64().unwrap() > 0.0, "{v}");
