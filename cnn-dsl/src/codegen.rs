@@ -8,7 +8,7 @@
 //! The same emitter serves `cnnc gen`, the `cnn!` macro and the build.rs [`crate::build`] API.
 
 use crate::check::{Activation, CheckedModel, Op};
-use crate::geom::{Conv2dGeom, Pool2dGeom};
+use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::ir::PoolKind;
 use crate::plan::{Loc, Plan, plan};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
@@ -112,6 +112,36 @@ fn pool_geom_tokens(rt: &TokenStream, g: &Pool2dGeom) -> TokenStream {
             count_include_pad: #count_include_pad,
         }
     }
+}
+
+/// `AdaptivePoolGeom { … }` as a constant expression.
+fn adaptive_geom_tokens(rt: &TokenStream, g: &AdaptivePoolGeom) -> TokenStream {
+    let AdaptivePoolGeom {
+        channels,
+        in_h,
+        in_w,
+        out_h,
+        out_w,
+    } = *g;
+    let [c, ih, iw, oh, ow] = [channels, in_h, in_w, out_h, out_w].map(lit);
+    quote!(#rt::AdaptivePoolGeom { channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow })
+}
+
+/// `BatchNormGeom { … }` as a constant expression.
+fn batch_norm_geom_tokens(rt: &TokenStream, g: &BatchNormGeom) -> TokenStream {
+    let BatchNormGeom { channels, spatial } = *g;
+    let [c, sp] = [channels, spatial].map(lit);
+    quote!(#rt::BatchNormGeom { channels: #c, spatial: #sp })
+}
+
+/// `LinearGeom { … }` as a constant expression.
+fn linear_geom_tokens(rt: &TokenStream, g: &LinearGeom) -> TokenStream {
+    let LinearGeom {
+        in_features,
+        out_features,
+    } = *g;
+    let [fi, fo] = [in_features, out_features].map(lit);
+    quote!(#rt::LinearGeom { in_features: #fi, out_features: #fo })
 }
 
 fn act_tokens(rt: &TokenStream, a: Option<Activation>) -> TokenStream {
@@ -265,30 +295,31 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 channels,
                 in_h,
                 in_w,
-                out_h,
-                out_w,
+                ..
             } => {
-                let [c, ih, iw, oh, ow] = [*channels, *in_h, *in_w, *out_h, *out_w].map(lit);
+                let geom = adaptive_geom_tokens(
+                    rt,
+                    &AdaptivePoolGeom::from_op(&s.op)
+                        .expect("an Op::AdaptiveAvgPool2d has a geometry"),
+                );
                 consts.push(quote! {
                     #[doc = #path_doc]
-                    const #g: #rt::AdaptivePoolGeom = #rt::AdaptivePoolGeom { channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow };
+                    const #g: #rt::AdaptivePoolGeom = #geom;
                 });
                 let n_in = lit(channels * in_h * in_w);
                 body.push(quote! {
                     #rt::kernels::adaptive_avg_pool2d(&Self::#g, batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch]);
                 });
             }
-            Op::BatchNorm2d {
-                channels,
-                spatial,
-                eps,
-                ..
-            } => {
-                let [c, sp] = [*channels, *spatial].map(lit);
+            Op::BatchNorm2d { eps, .. } => {
+                let geom = batch_norm_geom_tokens(
+                    rt,
+                    &BatchNormGeom::from_op(&s.op).expect("an Op::BatchNorm2d has a geometry"),
+                );
                 let eps = Literal::f32_suffixed(*eps);
                 consts.push(quote! {
                     #[doc = #path_doc]
-                    const #g: #rt::BatchNormGeom = #rt::BatchNormGeom { channels: #c, spatial: #sp };
+                    const #g: #rt::BatchNormGeom = #geom;
                 });
                 let (w, b, m, v) = (t(0), t(1), t(2), t(3));
                 let copy = copy_in(&src, &dst);
@@ -325,14 +356,16 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 });
             }
             Op::Linear {
-                in_features,
-                out_features,
-                bias,
+                in_features, bias, ..
             } => {
-                let [fi, fo] = [*in_features, *out_features].map(lit);
+                let geom = linear_geom_tokens(
+                    rt,
+                    &LinearGeom::from_op(&s.op).expect("an Op::Linear has a geometry"),
+                );
+                let fi = lit(*in_features);
                 consts.push(quote! {
                     #[doc = #path_doc]
-                    const #g: #rt::LinearGeom = #rt::LinearGeom { in_features: #fi, out_features: #fo };
+                    const #g: #rt::LinearGeom = #geom;
                 });
                 let w = t(0);
                 let b = if *bias {
