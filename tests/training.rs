@@ -185,3 +185,56 @@ fn generated_types_train_with_the_same_kernels() {
         .to_vec();
     assert_ne!(before, after);
 }
+
+/// A model whose leading layers take the lane path in every way it can end: leaky ReLU fused
+/// into a convolution, a standalone activation, an overlapping max pool, then a strided
+/// convolution (no lane input gradient) that ends the lane region.
+const LANES_ZOO: &str = "model LanesZoo(input = [3, 12, 11]) {
+    conv2d(3, 8, 3, padding = 1), leaky_relu(0.1),
+    conv2d(8, 6, [3, 5], padding = [1, 2]), relu,
+    maxpool2d(3, stride = 2, padding = 1), tanh,
+    conv2d(6, 5, 3, dilation = 2, padding = 2), relu, maxpool2d(2),
+    conv2d(5, 4, 3, stride = 2, padding = 1), relu,
+    flatten, linear(out_features = 10),
+}";
+
+#[test]
+fn the_lane_path_matches_the_image_path() {
+    for (m, per, lane_layers) in [(seed(), 784, 6), (model("lz.cnn", LANES_ZOO), 3 * 132, 6)] {
+        for batch in [64, 28] {
+            let mut rng = cnn::runtime::init::Rng::seed_from_u64(batch as u64);
+            let x: Vec<f32> = (0..batch * per).map(|_| rng.normal_f32()).collect();
+            let labels: Vec<usize> = (0..batch).map(|i| (i * 7) % 10).collect();
+            let grads = |lanes: bool| {
+                let mut t = Trainer::new(&m, Box::new(Sgd::new(0.0)), 3, 2).unwrap();
+                t.set_lanes(lanes);
+                let s = t.train_step(&x, &labels).unwrap();
+                let g: Vec<(String, Vec<f32>)> = t
+                    .gradients()
+                    .into_iter()
+                    .map(|(n, g)| (n.to_string(), g.to_vec()))
+                    .collect();
+                (t.lane_layers(), s, g)
+            };
+            let (layers, s_lanes, g_lanes) = grads(true);
+            let (_, s_images, g_images) = grads(false);
+            if layers == 0 {
+                eprintln!("no lane path on this CPU");
+                return;
+            }
+            assert_eq!(layers, lane_layers, "{}", m.name());
+            assert!((s_lanes.loss - s_images.loss).abs() <= 1e-5 * s_images.loss.abs().max(1.0));
+            assert_eq!(s_lanes.correct, s_images.correct);
+            for ((name, a), (_, b)) in g_lanes.iter().zip(&g_images) {
+                let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+                for (i, (u, v)) in a.iter().zip(b).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-4 * scale,
+                        "{} batch {batch} {name}[{i}]: lanes {u}, images {v}",
+                        m.name()
+                    );
+                }
+            }
+        }
+    }
+}

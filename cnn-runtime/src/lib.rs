@@ -13,6 +13,7 @@ pub mod exec;
 pub mod geom;
 pub mod grad;
 pub mod init;
+pub mod lanes;
 pub mod support;
 pub mod train;
 

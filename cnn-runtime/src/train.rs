@@ -17,6 +17,7 @@ use crate::exec::{ExecError, init_weights, param_specs};
 use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::grad::{self, DropoutRng};
 use crate::kernels::{self, Activation as KAct, BatchNormParams};
+use crate::lanes::{self, LANES};
 use crate::optim::Optimizer;
 use crate::weights::Weights;
 use cnn_dsl::CheckedModel;
@@ -127,6 +128,15 @@ pub struct Trainer {
     bn_inv_std: Vec<Vec<f32>>,
     masks: Vec<Vec<u8>>,
     scratch: AlignedBuf,
+    /// Ops `0..lane_end` can run on lane tensors (16 images per vector, see [`crate::lanes`]);
+    /// 0 when none can (no AVX-512, or the first op is not a convolution).
+    lane_end: usize,
+    /// Whether batches that fill their slots well use the lane path (see [`Trainer::set_lanes`]).
+    lanes_on: bool,
+    /// The network input as lanes.
+    in_lanes: AlignedBuf,
+    /// The lane output of op `lane_end − 1` (its `outs` buffer holds it as NCHW for the next op).
+    last_lanes: AlignedBuf,
     capacity: usize,
     optimizer: Box<dyn Optimizer + Send>,
     rng: DropoutRng,
@@ -279,6 +289,7 @@ impl Trainer {
                 })?,
         );
         let n = ops.len();
+        let lane_end = lane_prefix(&ops);
         Ok(Trainer {
             name: model.name().to_string(),
             plan,
@@ -296,6 +307,10 @@ impl Trainer {
             bn_inv_std: (0..n).map(|_| Vec::new()).collect(),
             masks: (0..n).map(|_| Vec::new()).collect(),
             scratch: AlignedBuf::default(),
+            lane_end,
+            lanes_on: true,
+            in_lanes: AlignedBuf::default(),
+            last_lanes: AlignedBuf::default(),
             capacity: 0,
             optimizer,
             rng: DropoutRng::new(seed ^ 0x5EED_D50F_0000_0001),
@@ -378,18 +393,31 @@ impl Trainer {
             return;
         }
         self.input.grow(self.plan.input_len() * batch);
+        // Room for the lane path's rounded-up batch in the buffers it uses.
+        let lb = if self.lane_end > 0 {
+            lanes::lane_slots(batch) * LANES
+        } else {
+            batch
+        };
+        let slots = lb / LANES;
+        if self.lane_end > 0 {
+            self.in_lanes.grow(self.plan.input_len() * lb);
+            self.last_lanes
+                .grow(self.ops[self.lane_end - 1].out_len * lb);
+        }
         let mut dmax = self.plan.input_len();
         let mut scratch = 0;
         for (k, op) in self.ops.iter().enumerate() {
+            let nb = if k < self.lane_end { lb } else { batch };
             if !elided(&self.ops, k) {
-                self.outs[k].grow(op.out_len * batch);
+                self.outs[k].grow(op.out_len * nb);
             }
             dmax = dmax.max(op.out_len).max(op.in_len);
             match &op.op {
                 Op::Pool2d {
                     kind: PoolKind::Max,
                     ..
-                } => self.pool_idx[k].resize(op.out_len * batch, 0),
+                } => self.pool_idx[k].resize(op.out_len * nb, 0),
                 Op::BatchNorm2d { channels, .. } => {
                     self.bn_mean[k].resize(*channels, 0.0);
                     self.bn_inv_std[k].resize(*channels, 0.0);
@@ -401,13 +429,18 @@ impl Trainer {
                         scratch = scratch
                             .max(grad::conv2d_backward_scratch_len(&g, batch))
                             .max(kernels::conv2d_scratch_len(&g, batch, threads));
+                        if k < self.lane_end {
+                            scratch = scratch
+                                .max(lanes::conv2d_lanes_scratch_len(&g))
+                                .max(grad::conv2d_backward_lanes_scratch_len(&g, slots));
+                        }
                     }
                 }
                 _ => {}
             }
         }
         for d in &mut self.dbuf {
-            d.grow(dmax * batch);
+            d.grow(dmax * lb);
         }
         self.scratch.grow(scratch);
         self.capacity = batch;
@@ -521,7 +554,29 @@ impl Trainer {
         Ok((stats, &self.outs[last][..self.classes * batch]))
     }
 
+    /// Whether a batch of `batch` images takes the lane path: it is available, switched on,
+    /// and at most a quarter of the slots' lanes would be idle.
+    fn use_lanes(&self, batch: usize) -> bool {
+        let idle = lanes::lane_slots(batch) * LANES - batch;
+        self.lanes_on && self.lane_end > 0 && batch >= LANES && 4 * idle <= batch
+    }
+
+    /// Switches the lane path (16 images per vector for the leading convolution, pooling and
+    /// activation layers, see [`crate::lanes`]) on or off; it is on by default wherever it is
+    /// available. The two paths compute the same function with different summation orders,
+    /// so their weights agree to rounding. For comparisons and benchmarks.
+    pub fn set_lanes(&mut self, on: bool) {
+        self.lanes_on = on;
+    }
+
+    /// Number of leading layers that run on lane tensors for large enough batches (0 when the
+    /// lane path is unavailable: no AVX-512, or the model does not start with a convolution).
+    pub fn lane_layers(&self) -> usize {
+        self.lane_end
+    }
+
     fn forward(&mut self, batch: usize, train: bool) {
+        let use_lanes = self.use_lanes(batch);
         let Trainer {
             ops,
             tensors,
@@ -533,10 +588,68 @@ impl Trainer {
             masks,
             scratch,
             rng,
+            lane_end,
+            in_lanes,
+            last_lanes,
             ..
         } = self;
+        let lane_end = if use_lanes { *lane_end } else { 0 };
+        let slots = lanes::lane_slots(batch);
+        let lb = slots * LANES;
+        if lane_end > 0 {
+            let n = ops[0].in_len;
+            lanes::to_lanes(batch, n, &input[..n * batch], &mut in_lanes[..n * lb]);
+        }
         for k in 0..ops.len() {
             let op = &ops[k];
+            if k < lane_end {
+                let (before, rest) = outs.split_at_mut(k);
+                let src: &[f32] = if k == 0 {
+                    &in_lanes[..op.in_len * lb]
+                } else {
+                    &before[k - 1][..op.in_len * lb]
+                };
+                let last = k + 1 == lane_end;
+                let dst: &mut [f32] = if last {
+                    &mut last_lanes[..op.out_len * lb]
+                } else {
+                    &mut rest[0][..op.out_len * lb]
+                };
+                let p = |j: usize| &tensors[op.params[j]][..];
+                match &op.op {
+                    Op::Conv2d { bias, .. } => {
+                        let g = Conv2dGeom::from_op(&op.op).expect("conv op");
+                        lanes::conv2d_lanes(
+                            &g,
+                            slots,
+                            src,
+                            p(0),
+                            bias.then(|| p(1)),
+                            kernel_act(op.fused),
+                            dst,
+                            scratch,
+                        );
+                    }
+                    Op::Pool2d { .. } => lanes::max_pool2d_lanes_forward(
+                        &Pool2dGeom::from_op(&op.op).expect("pool op"),
+                        slots,
+                        src,
+                        dst,
+                        &mut pool_idx[k][..op.out_len * lb],
+                    ),
+                    Op::Activation { act, .. } => activation_forward(*act, src, dst),
+                    other => unreachable!("not a lane op: {other:?}"),
+                }
+                if last {
+                    lanes::from_lanes(
+                        batch,
+                        op.out_len,
+                        &last_lanes[..op.out_len * lb],
+                        &mut rest[0][..op.out_len * batch],
+                    );
+                }
+                continue;
+            }
             if elided(ops, k) {
                 continue;
             }
@@ -550,18 +663,13 @@ impl Trainer {
             match &op.op {
                 Op::Conv2d { bias, .. } => {
                     let g = Conv2dGeom::from_op(&op.op).expect("conv op");
-                    let act = match op.fused {
-                        Some(Activation::Relu) => KAct::Relu,
-                        Some(Activation::LeakyRelu(s)) => KAct::LeakyRelu(s),
-                        _ => KAct::Identity,
-                    };
                     kernels::conv2d_act(
                         &g,
                         batch,
                         src,
                         p(0),
                         bias.then(|| p(1)),
-                        act,
+                        kernel_act(op.fused),
                         dst,
                         scratch,
                     );
@@ -625,13 +733,7 @@ impl Trainer {
                         );
                     }
                 }
-                Op::Activation { act, .. } => match *act {
-                    Activation::Relu => kernels::relu(src, dst),
-                    Activation::LeakyRelu(s) => kernels::leaky_relu(s, src, dst),
-                    Activation::Sigmoid => kernels::sigmoid(src, dst),
-                    Activation::Tanh => kernels::tanh(src, dst),
-                    Activation::Gelu => kernels::gelu(src, dst),
-                },
+                Op::Activation { act, .. } => activation_forward(*act, src, dst),
                 &Op::Dropout { p: rate, .. } => {
                     if train {
                         let mut next = || rng.next_u32();
@@ -709,6 +811,7 @@ impl Trainer {
     }
 
     fn backward(&mut self, batch: usize) {
+        let use_lanes = self.use_lanes(batch);
         let Trainer {
             ops,
             tensors,
@@ -721,14 +824,88 @@ impl Trainer {
             bn_inv_std,
             masks,
             scratch,
+            lane_end,
+            in_lanes,
+            last_lanes,
             ..
         } = self;
+        let lane_end = if use_lanes { *lane_end } else { 0 };
+        let slots = lanes::lane_slots(batch);
+        let lb = slots * LANES;
         let [da, db] = dbuf;
         let (mut cur, mut next) = (da, db);
         // Set when a max pool's backward already applied the ReLU fused into the op before it.
         let mut relu_applied = false;
         for k in (0..ops.len()).rev() {
             let op = &ops[k];
+            if k < lane_end {
+                if k + 1 == lane_end {
+                    // The gradient enters the lane region.
+                    lanes::to_lanes(
+                        batch,
+                        op.out_len,
+                        &cur[..op.out_len * batch],
+                        &mut next[..op.out_len * lb],
+                    );
+                    std::mem::swap(&mut cur, &mut next);
+                }
+                let src: &[f32] = if k == 0 {
+                    &in_lanes[..op.in_len * lb]
+                } else {
+                    &outs[k - 1][..op.in_len * lb]
+                };
+                let out: &[f32] = if k + 1 == lane_end {
+                    &last_lanes[..op.out_len * lb]
+                } else {
+                    &outs[k][..op.out_len * lb]
+                };
+                let d_out = &mut cur[..op.out_len * lb];
+                fused_backward(op.fused, &mut relu_applied, out, d_out);
+                let d_out: &[f32] = d_out;
+                let need_dx = k > 0;
+                let d_in = &mut next[..op.in_len * lb];
+                match &op.op {
+                    Op::Conv2d { bias, .. } => {
+                        let g = Conv2dGeom::from_op(&op.op).expect("conv op");
+                        let (w, b) = (op.params[0], op.params.get(1).copied());
+                        let (gw, gb) = split_two(grads, w, b.filter(|_| *bias));
+                        grad::conv2d_backward_lanes(
+                            &g,
+                            slots,
+                            src,
+                            &tensors[w],
+                            d_out,
+                            need_dx.then_some(d_in),
+                            gw,
+                            gb,
+                            scratch,
+                        );
+                    }
+                    Op::Pool2d { .. } => {
+                        if need_dx {
+                            // ReLU (fused into the op before) then max pool: one pass.
+                            let relu = ops[k - 1].fused == Some(Activation::Relu);
+                            lanes::max_pool2d_lanes_backward(
+                                &Pool2dGeom::from_op(&op.op).expect("pool op"),
+                                slots,
+                                &pool_idx[k][..op.out_len * lb],
+                                relu.then_some(out),
+                                d_out,
+                                d_in,
+                            );
+                            relu_applied = relu;
+                        }
+                    }
+                    Op::Activation { act, .. } => {
+                        if need_dx {
+                            activation_backward(*act, src, out, d_out, d_in);
+                        }
+                    }
+                    other => unreachable!("not a lane op: {other:?}"),
+                }
+                std::mem::swap(&mut cur, &mut next);
+                continue;
+            }
             if elided(ops, k) {
                 // The gradient w.r.t. its input is the one w.r.t. its output, already in `cur`.
                 continue;
@@ -739,12 +916,7 @@ impl Trainer {
             };
             let out = &outs[k][..op.out_len * batch];
             let d_out = &mut cur[..op.out_len * batch];
-            match op.fused {
-                Some(Activation::Relu) if std::mem::take(&mut relu_applied) => {}
-                Some(Activation::Relu) => grad::relu_backward_inplace(out, d_out),
-                Some(Activation::LeakyRelu(s)) => grad::leaky_relu_backward_inplace(out, s, d_out),
-                _ => {}
-            }
+            fused_backward(op.fused, &mut relu_applied, out, d_out);
             let d_out: &[f32] = d_out;
             let need_dx = k > 0;
             let d_in = &mut next[..op.in_len * batch];
@@ -835,15 +1007,7 @@ impl Trainer {
                 }
                 Op::Activation { act, .. } => {
                     if need_dx {
-                        match *act {
-                            Activation::Relu => grad::relu_backward(src, d_out, d_in),
-                            Activation::LeakyRelu(s) => {
-                                grad::leaky_relu_backward(src, s, d_out, d_in)
-                            }
-                            Activation::Sigmoid => grad::sigmoid_backward(out, d_out, d_in),
-                            Activation::Tanh => grad::tanh_backward(out, d_out, d_in),
-                            Activation::Gelu => grad::gelu_backward(src, d_out, d_in),
-                        }
+                        activation_backward(*act, src, out, d_out, d_in);
                     }
                 }
                 &Op::Dropout { p, .. } => {
@@ -880,6 +1044,82 @@ impl Trainer {
             .map(|(t, g)| (t.name.as_str(), &g[..]))
             .collect()
     }
+}
+
+/// The kernel epilogue for an activation fused into a convolution.
+fn kernel_act(fused: Option<Activation>) -> KAct {
+    match fused {
+        Some(Activation::Relu) => KAct::Relu,
+        Some(Activation::LeakyRelu(s)) => KAct::LeakyRelu(s),
+        _ => KAct::Identity,
+    }
+}
+
+/// An element-wise activation layer's forward (any layout).
+fn activation_forward(act: Activation, src: &[f32], dst: &mut [f32]) {
+    match act {
+        Activation::Relu => kernels::relu(src, dst),
+        Activation::LeakyRelu(s) => kernels::leaky_relu(s, src, dst),
+        Activation::Sigmoid => kernels::sigmoid(src, dst),
+        Activation::Tanh => kernels::tanh(src, dst),
+        Activation::Gelu => kernels::gelu(src, dst),
+    }
+}
+
+/// An element-wise activation layer's backward (any layout), from its input `src` or output
+/// `out`.
+fn activation_backward(act: Activation, src: &[f32], out: &[f32], d_out: &[f32], d_in: &mut [f32]) {
+    match act {
+        Activation::Relu => grad::relu_backward(src, d_out, d_in),
+        Activation::LeakyRelu(s) => grad::leaky_relu_backward(src, s, d_out, d_in),
+        Activation::Sigmoid => grad::sigmoid_backward(out, d_out, d_in),
+        Activation::Tanh => grad::tanh_backward(out, d_out, d_in),
+        Activation::Gelu => grad::gelu_backward(src, d_out, d_in),
+    }
+}
+
+/// The backward of an activation fused into a convolution, in place on `d_out`, from the
+/// op's output; skipped (and the flag cleared) when a max pool after it already applied it.
+fn fused_backward(
+    fused: Option<Activation>,
+    relu_applied: &mut bool,
+    out: &[f32],
+    d_out: &mut [f32],
+) {
+    match fused {
+        Some(Activation::Relu) if std::mem::take(relu_applied) => {}
+        Some(Activation::Relu) => grad::relu_backward_inplace(out, d_out),
+        Some(Activation::LeakyRelu(s)) => grad::leaky_relu_backward_inplace(out, s, d_out),
+        _ => {}
+    }
+}
+
+/// How many leading ops can run on lane tensors ([`crate::lanes`]): convolutions the lane
+/// kernels handle (the first one needs no input gradient; later ones need theirs as a lane
+/// convolution), max pools and element-wise activations. 0 without AVX-512 or without a
+/// convolution among them.
+fn lane_prefix(ops: &[TOp]) -> usize {
+    let mut end = 0;
+    let mut convs = 0;
+    for (k, op) in ops.iter().enumerate() {
+        let ok = match &op.op {
+            Op::Conv2d { .. } => Conv2dGeom::from_op(&op.op).is_some_and(|g| {
+                lanes::conv2d_lanes_usable(&g) && (k == 0 || grad::lanes_input_grad_supported(&g))
+            }),
+            Op::Pool2d {
+                kind: PoolKind::Max,
+                ..
+            } => true,
+            Op::Activation { .. } => true,
+            _ => false,
+        };
+        if !ok || k + 1 == ops.len() {
+            break;
+        }
+        convs += usize::from(matches!(op.op, Op::Conv2d { .. }));
+        end = k + 1;
+    }
+    if convs == 0 { 0 } else { end }
 }
 
 /// Whether op `k` is a flatten that is not materialised: flattening contiguous NCHW data is the

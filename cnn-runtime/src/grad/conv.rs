@@ -638,14 +638,12 @@ fn lane_dw(
         .for_each(|(s, sc)| {
             let i0 = s * LANES;
             let n = LANES.min(batch - i0);
-            lane_slot(
-                lp,
-                g,
+            let src = LaneSrc::Images {
                 n,
-                &input[i0 * in_len..(i0 + n) * in_len],
-                &d_out[i0 * out_len..(i0 + n) * out_len],
-                sc,
-            );
+                x: &input[i0 * in_len..(i0 + n) * in_len],
+                dy: &d_out[i0 * out_len..(i0 + n) * out_len],
+            };
+            lane_slot(lp, g, src, sc);
         });
     // Deterministic reduction: slot 0 first, then each later slot in order.
     let part_off = LANES + lp.xt_len + lp.dyt_len;
@@ -659,8 +657,138 @@ fn lane_dw(
     );
 }
 
+impl LanePlan {
+    /// The plan for `slots` slots of lane tensors: no `d_out` copy (it is read in place).
+    fn for_lanes(g: &Conv2dGeom, slots: usize) -> Self {
+        let mut lp = LanePlan::new(g, slots * LANES, Isa::Avx512);
+        lp.dyt_len = 0;
+        lp.per_slot = LANES + lp.xt_len + g.weight_len() + g.out_channels;
+        lp
+    }
+}
+
+/// Whether [`conv2d_backward_lanes`] can compute this convolution's input gradient (stride 1
+/// and a padding of at most the kernel's reach, so the input gradient is a forward
+/// convolution of `d_out`); the weight gradient is always available.
+pub(crate) fn lanes_input_grad_supported(g: &Conv2dGeom) -> bool {
+    transposed_geom(g).is_some_and(|gt| crate::lanes::conv2d_lanes_usable(&gt))
+}
+
+/// Scratch elements [`conv2d_backward_lanes`] needs for `slots` slots.
+pub(crate) fn conv2d_backward_lanes_scratch_len(g: &Conv2dGeom, slots: usize) -> usize {
+    let lp = LanePlan::for_lanes(g, slots);
+    let dx = transposed_geom(g).map_or(0, |gt| {
+        g.weight_len() + crate::lanes::conv2d_lanes_scratch_len(&gt)
+    });
+    (lp.slots * lp.per_slot).max(dx)
+}
+
+/// Backward of `nn.Conv2d` on lane tensors (16 images per vector, see [`crate::lanes`]):
+/// `input` `[slots][C_in][H][W][16]`, `d_out` `[slots][C_out][H_out][W_out][16]` (zero in the
+/// lanes of missing images), `d_input` like `input`; gradients overwritten as in
+/// [`conv2d_backward`]. The input gradient is [`crate::lanes::conv2d_lanes`] on `d_out` with
+/// the flipped, transposed weights; the weight gradient is the lane weight gradient reading
+/// the lane tensors directly (no interleaving). Deterministic for any thread count.
+///
+/// # Panics
+/// If a slice length disagrees with `g` and `slots`, AVX-512 is missing, or `d_input` is asked
+/// for a geometry [`lanes_input_grad_supported`] rejects.
+#[expect(clippy::too_many_arguments, reason = "the operands of conv2d_backward")]
+pub(crate) fn conv2d_backward_lanes(
+    g: &Conv2dGeom,
+    slots: usize,
+    input: &[f32],
+    weight: &[f32],
+    d_out: &[f32],
+    d_input: Option<&mut [f32]>,
+    d_weight: &mut [f32],
+    d_bias: Option<&mut [f32]>,
+    scratch: &mut [f32],
+) {
+    assert!(
+        Isa::Avx512.is_available(),
+        "conv2d_backward_lanes needs AVX-512"
+    );
+    let (in_l, out_l) = (g.in_len() * LANES, g.out_len() * LANES);
+    check_len("conv2d_backward_lanes input", input.len(), slots * in_l);
+    check_len("conv2d_backward_lanes weight", weight.len(), g.weight_len());
+    check_len("conv2d_backward_lanes d_out", d_out.len(), slots * out_l);
+    check_len(
+        "conv2d_backward_lanes d_weight",
+        d_weight.len(),
+        g.weight_len(),
+    );
+    if let Some(db) = &d_bias {
+        check_len("conv2d_backward_lanes d_bias", db.len(), g.out_channels);
+    }
+    let need = conv2d_backward_lanes_scratch_len(g, slots);
+    assert!(
+        scratch.len() >= need,
+        "conv2d_backward_lanes scratch: {} < {need}",
+        scratch.len()
+    );
+    if let Some(dx) = d_input {
+        check_len("conv2d_backward_lanes d_input", dx.len(), slots * in_l);
+        let gt = transposed_geom(g).expect("conv2d_backward_lanes: input gradient unsupported");
+        let pl = plan_with(g, 1, false, None);
+        let (wt, rest) = scratch.split_at_mut(g.weight_len());
+        flip_transpose(g, &pl, weight, wt);
+        crate::lanes::conv2d_lanes(
+            &gt,
+            slots,
+            d_out,
+            wt,
+            None,
+            kernels::Activation::Identity,
+            dx,
+            rest,
+        );
+    }
+    if slots == 0 || g.in_len() == 0 || g.out_len() == 0 {
+        d_weight.fill(0.0);
+        if let Some(db) = d_bias {
+            db.fill(0.0);
+        }
+        return;
+    }
+    let lp = LanePlan::for_lanes(g, slots);
+    let scratch = &mut scratch[..lp.slots * lp.per_slot];
+    scratch
+        .par_chunks_mut(lp.per_slot)
+        .enumerate()
+        .for_each(|(s, sc)| {
+            let src = LaneSrc::Lanes {
+                x: &input[s * in_l..][..in_l],
+                dy: &d_out[s * out_l..][..out_l],
+            };
+            lane_slot(&lp, g, src, sc);
+        });
+    let part_off = LANES + lp.xt_len;
+    reduce_slots(
+        scratch.chunks(lp.per_slot).map(|sc| &sc[part_off..]),
+        g.weight_len(),
+        g.out_channels,
+        d_weight,
+        d_bias,
+    );
+}
+
+/// The operands of one slot of [`lane_slot`].
+#[derive(Clone, Copy)]
+enum LaneSrc<'a> {
+    /// `n ≤ 16` images, NCHW: interleaved into the slot's scratch.
+    Images {
+        n: usize,
+        x: &'a [f32],
+        dy: &'a [f32],
+    },
+    /// A slot of lane tensors (`[C][H][W][16]`, see [`crate::lanes`]): the input rows are
+    /// copied into the zero-padded scratch planes, `d_out` is read in place.
+    Lanes { x: &'a [f32], dy: &'a [f32] },
+}
+
 /// One slot of at most 16 images: overwrites its partial `d_weight`/`d_bias` at the end of `sc`.
-fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, n: usize, x: &[f32], dy: &[f32], sc: &mut [f32]) {
+fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, src: LaneSrc, sc: &mut [f32]) {
     // Align the copies to 64 bytes; the partial gradients stay at a fixed offset (`LANES`
     // floats past the copies, see `lane_dw`), so the skipped prefix goes at the end.
     let skip = sc.as_ptr().align_offset(64).min(LANES);
@@ -678,8 +806,14 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, n: usize, x: &[f32], dy: &[f32], sc:
     let kk = g.kernel_h * g.kernel_w;
     for (co, d) in pb.iter_mut().enumerate() {
         *d = 0.0;
-        for b in 0..n {
-            *d += sum_row(&dy[b * out_len + co * p..][..p]);
+        match src {
+            LaneSrc::Images { n, dy, .. } => {
+                for b in 0..n {
+                    *d += sum_row(&dy[b * out_len + co * p..][..p]);
+                }
+            }
+            // Lanes of missing images hold zero gradients.
+            LaneSrc::Lanes { dy, .. } => *d = sum_row(&dy[co * p * LANES..][..p * LANES]),
         }
     }
     if lp.hp == 0 || kk == 0 {
@@ -717,20 +851,34 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, n: usize, x: &[f32], dy: &[f32], sc:
                 }
                 prow[..c_lo * LANES].fill(0.0);
                 prow[(c_lo + n_cols) * LANES..].fill(0.0);
-                for (b, row) in rows[..n].iter_mut().enumerate() {
-                    let plane = &x[b * in_len + (grp * cin_g + c) * hw..][..hw];
-                    *row = &plane[sr as usize * g.in_w + first_src..][..n_cols];
-                }
                 let dst = &mut xt[((c * hp + r) * wp + c_lo) * LANES..][..n_cols * LANES];
-                interleave(lp.isa, &rows[..n], dst);
+                let col = sr as usize * g.in_w + first_src;
+                match src {
+                    LaneSrc::Images { n, x, .. } => {
+                        for (b, row) in rows[..n].iter_mut().enumerate() {
+                            let plane = &x[b * in_len + (grp * cin_g + c) * hw..][..hw];
+                            *row = &plane[col..][..n_cols];
+                        }
+                        interleave(lp.isa, &rows[..n], dst);
+                    }
+                    LaneSrc::Lanes { x, .. } => dst.copy_from_slice(
+                        &x[((grp * cin_g + c) * hw + col) * LANES..][..n_cols * LANES],
+                    ),
+                }
             }
         }
-        for co in 0..cout_g {
-            for (b, row) in rows[..n].iter_mut().enumerate() {
-                *row = &dy[b * out_len + (grp * cout_g + co) * p..][..p];
+        let dyt: &[f32] = match src {
+            LaneSrc::Images { n, dy, .. } => {
+                for co in 0..cout_g {
+                    for (b, row) in rows[..n].iter_mut().enumerate() {
+                        *row = &dy[b * out_len + (grp * cout_g + co) * p..][..p];
+                    }
+                    interleave(lp.isa, &rows[..n], &mut dyt[co * p * LANES..][..p * LANES]);
+                }
+                dyt
             }
-            interleave(lp.isa, &rows[..n], &mut dyt[co * p * LANES..][..p * LANES]);
-        }
+            LaneSrc::Lanes { dy, .. } => &dy[grp * cout_g * p * LANES..][..cout_g * p * LANES],
+        };
         for ci in 0..cin_g {
             let xpl = &xt[ci * hp * wp * LANES..][..hp * wp * LANES];
             for co0 in (0..cout_g).step_by(LR) {
@@ -780,7 +928,7 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, n: usize, x: &[f32], dy: &[f32], sc:
 
 /// `dst[k·16 + b] = rows[b][k]` for every `k`, zero for lanes `b ≥ rows.len()`: up to 16 equal
 /// rows (one per image) interleaved into vectors of 16 lanes.
-fn interleave(isa: Isa, rows: &[&[f32]], dst: &mut [f32]) {
+pub(crate) fn interleave(isa: Isa, rows: &[&[f32]], dst: &mut [f32]) {
     let m = dst.len() / LANES;
     assert!(
         rows.len() <= LANES && dst.len() == m * LANES && rows.iter().all(|r| r.len() == m),
@@ -1517,6 +1665,97 @@ mod tests {
         let mut dw2 = vec![f32::NAN; w.len()];
         conv2d_backward(g, batch, &x, &w, &r, None, &mut dw2, None, &mut scratch);
         assert_eq!(dw, dw2);
+    }
+
+    /// [`conv2d_backward_lanes`] against [`conv2d_backward`] (checked against finite
+    /// differences above) on the same batch converted to lanes; the scratch and outputs start
+    /// as NaN so anything left unwritten fails.
+    fn check_lanes(g: &Conv2dGeom, batch: usize, seed: u64) {
+        use crate::lanes::{LANES, from_lanes, lane_slots, to_lanes};
+        if !Isa::Avx512.is_available() {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let mut rng = Rng::new(seed);
+        let x = rng.vec(batch * g.in_len(), -1.0, 1.0);
+        let w = rng.vec(g.weight_len(), -1.0, 1.0);
+        let r = rng.vec(batch * g.out_len(), -1.0, 1.0);
+        let (mut dx, mut dw, mut db) = (
+            vec![0.0; x.len()],
+            vec![0.0; w.len()],
+            vec![0.0; g.out_channels],
+        );
+        let mut scratch = vec![0.0; conv2d_backward_scratch_len(g, batch)];
+        let dx_arg = lanes_input_grad_supported(g).then_some(&mut dx[..]);
+        let with_dx = dx_arg.is_some();
+        conv2d_backward(
+            g,
+            batch,
+            &x,
+            &w,
+            &r,
+            dx_arg,
+            &mut dw,
+            Some(&mut db),
+            &mut scratch,
+        );
+        let slots = lane_slots(batch);
+        let mut xl = vec![f32::NAN; slots * g.in_len() * LANES];
+        let mut rl = vec![f32::NAN; slots * g.out_len() * LANES];
+        to_lanes(batch, g.in_len(), &x, &mut xl);
+        to_lanes(batch, g.out_len(), &r, &mut rl);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut dxl = vec![f32::NAN; xl.len()];
+            let (mut dw2, mut db2) = (vec![f32::NAN; w.len()], vec![f32::NAN; db.len()]);
+            let mut sc = vec![f32::NAN; conv2d_backward_lanes_scratch_len(g, slots)];
+            pool.install(|| {
+                conv2d_backward_lanes(
+                    g,
+                    slots,
+                    &xl,
+                    &w,
+                    &rl,
+                    with_dx.then_some(&mut dxl[..]),
+                    &mut dw2,
+                    Some(&mut db2),
+                    &mut sc,
+                )
+            });
+            let what = format!("{g:?} batch {batch} threads {threads}");
+            assert_close(&format!("d_weight {what}"), &dw2, &to_f64(&dw), 1e-4, 1e-4);
+            assert_close(&format!("d_bias {what}"), &db2, &to_f64(&db), 1e-4, 1e-4);
+            if with_dx {
+                let mut dx2 = vec![f32::NAN; x.len()];
+                from_lanes(batch, g.in_len(), &dxl, &mut dx2);
+                assert_close(&format!("d_input {what}"), &dx2, &to_f64(&dx), 1e-4, 1e-4);
+                // Lanes of missing images get a zero input gradient.
+                for (k, v) in dxl.iter().enumerate() {
+                    if k >= (slots - 1) * g.in_len() * LANES
+                        && (slots - 1) * LANES + k % LANES >= batch
+                    {
+                        assert_eq!(*v, 0.0, "{what}: missing image lane {k}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lanes_backward_matches_the_image_path() {
+        let s = (1, 1);
+        // The seed model's layers, full and partial slots.
+        check_lanes(&geom(1, 16, 1, (28, 28), (5, 5), s, (2, 2), s), 16, 11);
+        check_lanes(&geom(16, 32, 1, (14, 14), (5, 5), s, (2, 2), s), 20, 12);
+        check_lanes(&geom(32, 64, 1, (7, 7), (5, 5), s, (2, 2), s), 32, 13);
+        // No padding, uneven sizes, groups, dilation, strides (weight gradient only).
+        check_lanes(&geom(3, 5, 1, (6, 9), (3, 2), s, (0, 0), s), 17, 14);
+        check_lanes(&geom(4, 6, 2, (8, 7), (3, 3), s, (1, 1), s), 16, 15);
+        check_lanes(&geom(2, 3, 1, (9, 10), (3, 3), s, (2, 1), (2, 3)), 5, 16);
+        check_lanes(&geom(3, 4, 1, (9, 8), (3, 3), (2, 2), (1, 1), s), 16, 17);
     }
 
     #[test]

@@ -36,10 +36,15 @@ pub use act::{
     tanh_backward, tanh_backward_inplace,
 };
 pub use conv::{conv2d_backward, conv2d_backward_reference, conv2d_backward_scratch_len};
+pub(crate) use conv::{
+    conv2d_backward_lanes, conv2d_backward_lanes_scratch_len, interleave,
+    lanes_input_grad_supported,
+};
 pub use dropout::{DropoutRng, dropout_backward, dropout_train_forward};
 pub use linear::linear_backward;
 pub use loss::{log_softmax_backward, nll_loss, softmax_backward, softmax_cross_entropy};
 pub use norm::{batch_norm2d_backward, batch_norm2d_train_forward};
+pub(crate) use pool::window;
 pub use pool::{
     adaptive_avg_pool2d_backward, avg_pool2d_backward, max_pool2d_backward,
     max_pool2d_relu_backward, max_pool2d_train_forward,

@@ -253,7 +253,14 @@ fn max_plane_dense(
 
 /// First and one-past-last input coordinate of output `o`'s window along one axis, clipped to
 /// the input and aligned to the dilation grid (`first ≡ o·s − pad (mod d)`).
-fn window(o: usize, s: usize, pad: usize, d: usize, k: usize, len: usize) -> (usize, usize) {
+pub(crate) fn window(
+    o: usize,
+    s: usize,
+    pad: usize,
+    d: usize,
+    k: usize,
+    len: usize,
+) -> (usize, usize) {
     let start = (o * s) as isize - pad as isize;
     let end = (start + ((k - 1) * d + 1) as isize).min(len as isize);
     let mut first = start;

@@ -190,6 +190,11 @@ enum Command {
         /// SGD lr 0.01 without momentum, as in `../shared/bench/torch_seed.py`).
         #[arg(long, value_enum, default_value_t = train_cmds::OptKind::Adam, requires = "train")]
         optimizer: train_cmds::OptKind,
+        /// With --train: alternate steps between the lane path (16 images per vector through
+        /// the leading conv/pool layers) and the image-major path in one process, and print
+        /// both and their ratio.
+        #[arg(long, requires = "train")]
+        compare_lanes: bool,
     },
 }
 
@@ -312,6 +317,7 @@ fn main() -> ExitCode {
             layers,
             train,
             optimizer,
+            compare_lanes,
         } => {
             if batch == 0 {
                 eprintln!("error: --batch must be at least 1");
@@ -327,6 +333,7 @@ fn main() -> ExitCode {
                     layers,
                     train,
                     optimizer,
+                    compare_lanes,
                 },
                 color,
             )

@@ -256,6 +256,7 @@ pub struct BenchArgs<'a> {
     pub layers: bool,
     pub train: bool,
     pub optimizer: crate::train_cmds::OptKind,
+    pub compare_lanes: bool,
 }
 
 struct Timing {
@@ -427,6 +428,9 @@ fn bench_train(
     };
     let mut t = cnn::runtime::train::Trainer::new(model, opt, 0, a.threads)?;
     let threads = t.threads();
+    if a.compare_lanes {
+        return bench_lanes(a, t, p, input, &labels, flops, opt_name);
+    }
     let timing = time_loop(a.seconds, || {
         let _ = t.train_step(input, &labels);
     });
@@ -453,6 +457,75 @@ fn bench_train(
             timing.lat.len(),
             t.memory_bytes() as f64 / (1u64 << 20) as f64
         );
+    }
+    Ok(())
+}
+
+/// `bench --train --compare-lanes`: steps alternate between the lane path and the image-major
+/// path (same trainer, same process), so machine noise hits both alike.
+fn bench_lanes(
+    a: &BenchArgs<'_>,
+    mut t: cnn::runtime::train::Trainer,
+    p: &Plan,
+    input: &[f32],
+    labels: &[usize],
+    flops: f64,
+    opt_name: &str,
+) -> anyhow::Result<()> {
+    if t.lane_layers() == 0 {
+        anyhow::bail!(
+            "`{}` has no lane path on this machine (it needs AVX-512 and a model that starts with a convolution)",
+            p.name
+        );
+    }
+    let mut lat = [Vec::new(), Vec::new()];
+    let start = Instant::now();
+    let mut i = 0usize;
+    while start.elapsed().as_secs_f64() < 2.0 * a.seconds || lat[1].len() < 10 {
+        let lanes = i.is_multiple_of(2);
+        t.set_lanes(lanes);
+        let s = Instant::now();
+        t.train_step(input, labels)?;
+        if i >= 4 {
+            lat[usize::from(!lanes)].push(s.elapsed().as_secs_f64());
+        }
+        i += 1;
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (ml, mi) = (mean(&lat[0]), mean(&lat[1]));
+    if a.json {
+        for (path, m, n) in [
+            ("train-lanes", ml, lat[0].len()),
+            ("train-images", mi, lat[1].len()),
+        ] {
+            println!(
+                "{}",
+                serde_json::json!({"path": path, "optimizer": opt_name, "batch": a.batch, "threads": t.threads(),
+                    "images_per_s": a.batch as f64 / m, "gflops": 3.0 * flops / m / 1e9, "iterations": n})
+            );
+        }
+    } else {
+        println!(
+            "{}: training step (forward, backward, {opt_name}), batch {}, {} thread(s), alternating paths",
+            p.name,
+            a.batch,
+            t.threads()
+        );
+        for (path, m, n) in [
+            (
+                format!("lanes ({} layers)", t.lane_layers()),
+                ml,
+                lat[0].len(),
+            ),
+            ("images".to_string(), mi, lat[1].len()),
+        ] {
+            println!(
+                "  {path:<18} {:>8.0} images/s   {:>6.1} GFLOP/s (3× forward)   ({n} runs)",
+                a.batch as f64 / m,
+                3.0 * flops / m / 1e9
+            );
+        }
+        println!("  lanes / images throughput: {:.3}×", mi / ml);
     }
     Ok(())
 }

@@ -1,0 +1,545 @@
+//! Forward 2-D convolution on lane tensors (AVX-512).
+//!
+//! A vector holds the same pixel of 16 images, so a kernel tap is inside the input for all
+//! lanes or for none, and taps on the zero padding are skipped exactly. (The pixel-vector
+//! kernel in [`crate::kernels`] puts 16 pixels of one image in a vector; on a 14 × 14 map such a
+//! vector spans two rows and a tap on the padding for some lanes still costs a whole FMA: with
+//! 5 × 5 kernels and padding 2, 16% of the multiply-adds on 14 × 14 maps, 31% on 7 × 7.)
+//!
+//! The register tile is [`R`] output channels × up to [`TMAX`] consecutive pixels of one output
+//! row, one accumulator per (channel, pixel): per input channel and tap it broadcasts `R`
+//! weights and loads up to `TMAX` input vectors. For each kernel column, the tile's pixels whose
+//! input column falls on the padding are left out of the FMAs; whole kernel rows outside the
+//! input are skipped for the output row. Work is split over (slot, output row, row segment of
+//! at most [`SEG`] pixels, group, channel block), and each unit stores its tile straight into
+//! the lane output after the bias and activation: no copy of the input, no transpose.
+//!
+//! Weights are packed per call into `[group][block][kh][kw][ci][R]` (zero rows pad the last
+//! block), in caller-provided scratch.
+
+use rayon::prelude::*;
+
+use super::LANES;
+use crate::geom::Conv2dGeom;
+use crate::kernels::{Activation, Isa};
+
+/// Output channels per register tile.
+const R: usize = 4;
+/// Most output pixels per register tile (`R · TMAX` = 24 accumulators of 32 registers).
+const TMAX: usize = 6;
+/// Most output pixels per work unit.
+const SEG: usize = 32;
+/// Input channels per block of the tap loop (keeps a block's input rows in L1).
+const CB: usize = 32;
+
+fn blocks(g: &Conv2dGeom) -> usize {
+    (g.out_channels / g.groups).div_ceil(R)
+}
+
+fn packed_len(g: &Conv2dGeom) -> usize {
+    g.groups * blocks(g) * g.kernel_h * g.kernel_w * (g.in_channels / g.groups) * R
+}
+
+/// Whether [`conv2d_lanes`] runs on this CPU for this geometry: AVX-512, a consistent grouping
+/// and a non-empty kernel.
+pub fn conv2d_lanes_usable(g: &Conv2dGeom) -> bool {
+    Isa::Avx512.is_available()
+        && g.groups > 0
+        && g.in_channels.is_multiple_of(g.groups)
+        && g.out_channels.is_multiple_of(g.groups)
+        && g.kernel_h > 0
+        && g.kernel_w > 0
+        && g.stride_h > 0
+        && g.stride_w > 0
+        && g.dilation_h > 0
+        && g.dilation_w > 0
+}
+
+/// Scratch elements [`conv2d_lanes`] needs (the packed weights; independent of the batch).
+pub fn conv2d_lanes_scratch_len(g: &Conv2dGeom) -> usize {
+    packed_len(g)
+}
+
+/// `packed[((grp·blocks + b)·kk + tap)·cin_g·R + ci·R + r] = weight[grp·cout_g + b·R + r][ci][tap]`
+/// (zero past the group's last output channel).
+fn pack(g: &Conv2dGeom, weight: &[f32], packed: &mut [f32]) {
+    let (cin_g, cout_g) = (g.in_channels / g.groups, g.out_channels / g.groups);
+    let kk = g.kernel_h * g.kernel_w;
+    let nb = blocks(g);
+    for grp in 0..g.groups {
+        for b in 0..nb {
+            let blk = &mut packed[(grp * nb + b) * kk * cin_g * R..][..kk * cin_g * R];
+            for tap in 0..kk {
+                for ci in 0..cin_g {
+                    for r in 0..R {
+                        let co = b * R + r;
+                        blk[(tap * cin_g + ci) * R + r] = if co < cout_g {
+                            weight[((grp * cout_g + co) * cin_g + ci) * kk + tap]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `nn.Conv2d` (with the bias and `act` fused) on `slots` slots of 16 images:
+/// `input` is `[slots][C_in][H][W][16]`, `output` `[slots][C_out][H_out][W_out][16]`
+/// (overwritten), `weight` in PyTorch layout `[C_out, C_in/groups, kH, kW]`, `scratch` at least
+/// [`conv2d_lanes_scratch_len`] floats. Every lane is computed (missing images of a partial
+/// slot are whatever the caller put there).
+///
+/// # Panics
+/// If [`conv2d_lanes_usable`] is false or a slice length disagrees with `g` and `slots`.
+#[expect(clippy::too_many_arguments, reason = "conv2d_act's operands")]
+pub fn conv2d_lanes(
+    g: &Conv2dGeom,
+    slots: usize,
+    input: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    act: Activation,
+    output: &mut [f32],
+    scratch: &mut [f32],
+) {
+    assert!(
+        conv2d_lanes_usable(g),
+        "conv2d_lanes: not usable here: {g:?}"
+    );
+    crate::grad::check_len(
+        "conv2d_lanes input",
+        input.len(),
+        slots * g.in_len() * LANES,
+    );
+    crate::grad::check_len(
+        "conv2d_lanes output",
+        output.len(),
+        slots * g.out_len() * LANES,
+    );
+    crate::grad::check_len("conv2d_lanes weight", weight.len(), g.weight_len());
+    if let Some(b) = bias {
+        crate::grad::check_len("conv2d_lanes bias", b.len(), g.out_channels);
+    }
+    assert!(
+        scratch.len() >= packed_len(g),
+        "conv2d_lanes scratch: {} < {}",
+        scratch.len(),
+        packed_len(g)
+    );
+    if g.out_h * g.out_w == 0 || g.out_channels == 0 || slots == 0 {
+        return;
+    }
+    let packed = &mut scratch[..packed_len(g)];
+    pack(g, weight, packed);
+    let packed = &*packed;
+    let nseg = g.out_w.div_ceil(SEG);
+    let nb = blocks(g);
+    let units = g.out_h * nseg * g.groups * nb;
+    let out_slot = g.out_len() * LANES;
+    output
+        .par_chunks_mut(out_slot)
+        .enumerate()
+        .for_each(|(s, out)| {
+            let x = &input[s * g.in_len() * LANES..][..g.in_len() * LANES];
+            let out = super::SendPtr(out.as_mut_ptr());
+            let out = &out;
+            (0..units).into_par_iter().for_each(|u| {
+                // Unit order: row, segment, group, block — consecutive units read the same
+                // input rows with different (small) weight blocks.
+                let b = u % nb;
+                let grp = (u / nb) % g.groups;
+                let seg = (u / (nb * g.groups)) % nseg;
+                let y = u / (nb * g.groups * nseg);
+                let x0 = seg * SEG;
+                let unit = Unit {
+                    g,
+                    grp,
+                    block: b,
+                    y,
+                    x0,
+                    len: SEG.min(g.out_w - x0),
+                };
+                // SAFETY: avx512f is available (`conv2d_lanes_usable`, asserted above). `run`
+                // reads `x` and `packed` inside the ranges it asserts and writes only this
+                // unit's output vectors (channels of its block, its row and segment) of this
+                // slot's `out_slot` floats, which no other unit writes.
+                unsafe { unit.run(packed, x, bias, act, out) };
+            });
+        });
+}
+
+/// One work unit: `R` output channels × one row segment of one slot.
+struct Unit<'a> {
+    g: &'a Conv2dGeom,
+    grp: usize,
+    block: usize,
+    y: usize,
+    x0: usize,
+    len: usize,
+}
+
+/// Where a tile reads. For kernel rows `kh.0..kh.1`, kernel column `kw`, input channel `ci` and
+/// tile pixel `t`, the input column is `col0 + t·sw + kw·dw` and the vector sits at
+/// `(kh − kh.0)·khs + column·16 + ci·cs` from the tile's base; columns outside `0..in_w` are
+/// padding and not read.
+struct Taps {
+    kh: (usize, usize),
+    khs: usize,
+    cs: usize,
+    col0: isize,
+    sw: usize,
+    dw: usize,
+    in_w: usize,
+    kernel_w: usize,
+    cin: usize,
+}
+
+/// The range of kernel positions `k < kn` with `0 ≤ o + k·d < n`.
+fn tap_range(o: isize, d: usize, kn: usize, n: usize) -> (usize, usize) {
+    let ok = |k: usize| {
+        let i = o + (k * d) as isize;
+        i >= 0 && (i as usize) < n
+    };
+    let lo = (0..kn).find(|&k| ok(k)).unwrap_or(kn);
+    let hi = (lo..kn).find(|&k| !ok(k)).unwrap_or(kn);
+    (lo, hi)
+}
+
+impl Unit<'_> {
+    /// # Safety
+    /// avx512f must be available; `out` must point at this slot's `[C_out][H_out][W_out][16]`
+    /// output, whose vectors of this unit no other thread accesses.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run(
+        &self,
+        packed: &[f32],
+        xs: &[f32],
+        bias: Option<&[f32]>,
+        act: Activation,
+        out: &super::SendPtr,
+    ) {
+        use std::arch::x86_64::{
+            _CMP_LT_OQ, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_mask_mul_ps, _mm512_max_ps,
+            _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
+        };
+        let g = self.g;
+        let (cin, cout) = (g.in_channels / g.groups, g.out_channels / g.groups);
+        let kk = g.kernel_h * g.kernel_w;
+        let wblk = &packed[(self.grp * blocks(g) + self.block) * kk * cin * R..][..kk * cin * R];
+        let iy0 = (self.y * g.stride_h) as isize - g.pad_top as isize;
+        let kh = tap_range(iy0, g.dilation_h, g.kernel_h, g.in_h);
+        let mut taps = Taps {
+            kh,
+            khs: g.dilation_h * g.in_w * LANES,
+            cs: g.in_h * g.in_w * LANES,
+            col0: 0,
+            sw: g.stride_w,
+            dw: g.dilation_w,
+            in_w: g.in_w,
+            kernel_w: g.kernel_w,
+            cin,
+        };
+        let zero = _mm512_setzero_ps();
+        let ohw = g.out_h * g.out_w;
+        // Balanced tiles of at most TMAX pixels (14 → 5, 5, 4; 7 → 4, 3).
+        let ntiles = self.len.div_ceil(TMAX);
+        let mut t = 0;
+        for i in 0..ntiles {
+            let n = (self.len * (i + 1)) / ntiles - t;
+            taps.col0 = ((self.x0 + t) * g.stride_w) as isize - g.pad_left as isize;
+            let mut acc = [[zero; TMAX]; R];
+            if kh.0 < kh.1 {
+                let iy = (iy0 + (kh.0 * g.dilation_h) as isize) as usize;
+                let start = (self.grp * cin * g.in_h + iy) * g.in_w * LANES;
+                // The furthest read: kernel row kh.1 − 1, the last input column, channel
+                // cin − 1.
+                let last = start
+                    + (kh.1 - 1 - kh.0) * taps.khs
+                    + (g.in_w - 1) * LANES
+                    + (cin - 1) * taps.cs
+                    + LANES;
+                assert!(last <= xs.len(), "conv2d_lanes: input read out of bounds");
+                let wb = &wblk[kh.0 * g.kernel_w * cin * R..];
+                // SAFETY: avx512f is available; every vector `tile` reads is at or before
+                // `last` (it reads only real input columns) and the weights it reads are taps
+                // `kh.0·kW ..` of the block (`kk·cin·R` floats).
+                unsafe {
+                    let xb = &xs[start..];
+                    match n {
+                        1 => tile::<1>(wb, xb, &taps, &mut acc),
+                        2 => tile::<2>(wb, xb, &taps, &mut acc),
+                        3 => tile::<3>(wb, xb, &taps, &mut acc),
+                        4 => tile::<4>(wb, xb, &taps, &mut acc),
+                        5 => tile::<5>(wb, xb, &taps, &mut acc),
+                        _ => tile::<6>(wb, xb, &taps, &mut acc),
+                    }
+                }
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                let co = self.block * R + r;
+                if co >= cout {
+                    break;
+                }
+                let co = self.grp * cout + co;
+                let bv = bias.map_or(zero, |b| _mm512_set1_ps(b[co]));
+                for (j, &a) in acc_r.iter().enumerate().take(n) {
+                    let mut v = _mm512_add_ps(a, bv);
+                    match act {
+                        Activation::Identity => {}
+                        // max(0, v) returns its second operand when one is NaN: NaN stays NaN.
+                        Activation::Relu => v = _mm512_max_ps(zero, v),
+                        Activation::LeakyRelu(s) => {
+                            let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero);
+                            v = _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(s));
+                        }
+                    }
+                    let o = (co * ohw + self.y * g.out_w + self.x0 + t + j) * LANES;
+                    // SAFETY: channel co < C_out, row y < H_out, column x0 + t + j < W_out:
+                    // one vector inside this slot's output; only this unit writes it.
+                    unsafe { _mm512_storeu_ps(out.0.add(o), v) };
+                }
+            }
+            t += n;
+        }
+        debug_assert_eq!(t, self.len);
+    }
+}
+
+/// `acc[r][t] += Σ_{kh, kw, ci} w[kh][kw][ci][r] · x(kh, kw, t, ci)` for `T` pixels, leaving out
+/// the pixels whose input column is padding.
+///
+/// # Safety
+/// avx512f must be available; every real-column read described by `taps` from `xb` and
+/// `wb[((kh−kh0)·kW + kw)·cin·R ..]` must be in bounds (checked by the caller).
+#[target_feature(enable = "avx512f")]
+#[expect(
+    clippy::needless_range_loop,
+    reason = "constant-bound index loops over the accumulator grid keep it in registers"
+)]
+unsafe fn tile<const T: usize>(
+    wb: &[f32],
+    xb: &[f32],
+    taps: &Taps,
+    acc: &mut [[std::arch::x86_64::__m512; TMAX]; R],
+) {
+    use std::arch::x86_64::{_mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps};
+    let mut a = [[_mm512_setzero_ps(); T]; R];
+    let (xp, wp) = (xb.as_ptr(), wb.as_ptr());
+    let cin = taps.cin;
+    for c0 in (0..cin).step_by(CB) {
+        let c1 = (c0 + CB).min(cin);
+        for i in 0..taps.kh.1 - taps.kh.0 {
+            for j in 0..taps.kernel_w {
+                // Tile pixels whose input column for this kernel column is real.
+                let cbase = taps.col0 + (j * taps.dw) as isize;
+                let real = |t: usize| {
+                    let c = cbase + (t * taps.sw) as isize;
+                    c >= 0 && (c as usize) < taps.in_w
+                };
+                let ta = (0..T).find(|&t| real(t)).unwrap_or(T);
+                let tb = (ta..T).find(|&t| !real(t)).unwrap_or(T);
+                if ta >= tb {
+                    continue;
+                }
+                // Pointer to pixel 0's column (possibly before the row: only formed, never
+                // read, for padding columns).
+                let x = xp.wrapping_offset((i * taps.khs) as isize + cbase * LANES as isize);
+                // SAFETY: weight (kh, kw) of the block, inside `wb` (caller).
+                let w = unsafe { wp.add((i * taps.kernel_w + j) * cin * R) };
+                if ta == 0 && tb == T {
+                    for ci in c0..c1 {
+                        let mut wv = [_mm512_setzero_ps(); R];
+                        for (r, v) in wv.iter_mut().enumerate() {
+                            // SAFETY: weight (kh, kw, ci, r) of the block.
+                            *v = _mm512_set1_ps(unsafe { *w.add(ci * R + r) });
+                        }
+                        for tt in 0..T {
+                            // SAFETY: pixel tt's column is real; in bounds by the caller.
+                            let xv = unsafe {
+                                _mm512_loadu_ps(
+                                    x.wrapping_add((tt * taps.sw) * LANES + ci * taps.cs),
+                                )
+                            };
+                            for r in 0..R {
+                                a[r][tt] = _mm512_fmadd_ps(wv[r], xv, a[r][tt]);
+                            }
+                        }
+                    }
+                } else {
+                    for ci in c0..c1 {
+                        let mut wv = [_mm512_setzero_ps(); R];
+                        for (r, v) in wv.iter_mut().enumerate() {
+                            // SAFETY: weight (kh, kw, ci, r) of the block.
+                            *v = _mm512_set1_ps(unsafe { *w.add(ci * R + r) });
+                        }
+                        // A constant-bound loop with a test keeps the accumulators in
+                        // registers (a `ta..tb` loop indexes them dynamically: spills).
+                        for tt in 0..T {
+                            if tt < ta || tt >= tb {
+                                continue;
+                            }
+                            // SAFETY: pixel tt's column is real; in bounds by the caller.
+                            let xv = unsafe {
+                                _mm512_loadu_ps(
+                                    x.wrapping_add((tt * taps.sw) * LANES + ci * taps.cs),
+                                )
+                            };
+                            for r in 0..R {
+                                a[r][tt] = _mm512_fmadd_ps(wv[r], xv, a[r][tt]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for tt in 0..T {
+            acc[r][tt] = std::arch::x86_64::_mm512_add_ps(acc[r][tt], a[r][tt]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::reference;
+    use crate::kernels::testutil::{assert_close, data};
+    use crate::lanes::{from_lanes, lane_slots, to_lanes};
+
+    #[expect(clippy::too_many_arguments, reason = "test helper mirroring nn.Conv2d")]
+    fn geom(
+        cin: usize,
+        cout: usize,
+        (h, w): (usize, usize),
+        (kh, kw): (usize, usize),
+        (sh, sw): (usize, usize),
+        (pt, pl): (usize, usize),
+        (dh, dw): (usize, usize),
+        groups: usize,
+    ) -> Conv2dGeom {
+        let out = |i: usize, k: usize, s: usize, p: usize, d: usize| {
+            (i + 2 * p - d * (k - 1) - 1) / s + 1
+        };
+        Conv2dGeom {
+            in_channels: cin,
+            in_h: h,
+            in_w: w,
+            out_channels: cout,
+            out_h: out(h, kh, sh, pt, dh),
+            out_w: out(w, kw, sw, pl, dw),
+            kernel_h: kh,
+            kernel_w: kw,
+            stride_h: sh,
+            stride_w: sw,
+            pad_top: pt,
+            pad_left: pl,
+            dilation_h: dh,
+            dilation_w: dw,
+            groups,
+        }
+    }
+
+    /// The lane convolution against the f64 reference, with bias and each activation, at 1
+    /// and 2 threads; the output and scratch start as NaN so an element the kernel forgets
+    /// fails.
+    fn check(g: Conv2dGeom, batch: usize) {
+        if !conv2d_lanes_usable(&g) {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let x = data(batch * g.in_len(), 1);
+        let w = data(g.weight_len(), 2);
+        let b = data(g.out_channels, 3);
+        let k = g.in_channels / g.groups * g.kernel_h * g.kernel_w;
+        let slots = lane_slots(batch);
+        let mut xl = vec![0.0; slots * g.in_len() * LANES];
+        to_lanes(batch, g.in_len(), &x, &mut xl);
+        for (bias, act) in [
+            (None, Activation::Identity),
+            (Some(&b[..]), Activation::Relu),
+            (Some(&b[..]), Activation::LeakyRelu(0.1)),
+        ] {
+            let mut want = vec![0.0; batch * g.out_len()];
+            reference::conv2d(&g, batch, &x, &w, bias, &mut want);
+            for v in &mut want {
+                *v = act.apply(*v);
+            }
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut yl = vec![f32::NAN; slots * g.out_len() * LANES];
+                let mut scratch = vec![f32::NAN; conv2d_lanes_scratch_len(&g)];
+                pool.install(|| conv2d_lanes(&g, slots, &xl, &w, bias, act, &mut yl, &mut scratch));
+                let mut got = vec![f32::NAN; batch * g.out_len()];
+                from_lanes(batch, g.out_len(), &yl, &mut got);
+                assert_close(&got, &want, k, &format!("{g:?} batch {batch} {act:?}"));
+                assert!(yl.iter().all(|v| !v.is_nan()), "every lane written");
+            }
+        }
+    }
+
+    #[test]
+    fn seed_layers_and_their_input_gradients() {
+        let s = (1, 1);
+        check(geom(1, 16, (28, 28), (5, 5), s, (2, 2), s, 1), 16);
+        check(geom(16, 32, (14, 14), (5, 5), s, (2, 2), s, 1), 64);
+        check(geom(32, 32, (14, 14), (5, 5), s, (2, 2), s, 1), 60);
+        check(geom(32, 64, (7, 7), (5, 5), s, (2, 2), s, 1), 32);
+        // The input gradients' transposed convolutions (C_out → C_in).
+        check(geom(64, 32, (7, 7), (5, 5), s, (2, 2), s, 1), 16);
+        check(geom(32, 16, (14, 14), (5, 5), s, (2, 2), s, 1), 20);
+    }
+
+    #[test]
+    fn strides_dilation_groups_and_odd_sizes() {
+        check(geom(8, 6, (13, 40), (3, 5), (2, 1), (1, 2), (1, 2), 2), 16);
+        check(geom(24, 6, (8, 8), (3, 3), (1, 1), (1, 1), (1, 1), 6), 3);
+        check(geom(5, 9, (10, 70), (1, 1), (1, 3), (0, 0), (1, 1), 1), 30);
+        check(geom(4, 5, (6, 6), (7, 7), (1, 1), (3, 3), (1, 1), 1), 16);
+        check(geom(40, 5, (3, 3), (3, 3), (1, 1), (1, 1), (1, 1), 1), 16);
+        // A kernel wider than the input: every pixel reads padding.
+        check(geom(4, 3, (4, 3), (3, 5), (1, 1), (1, 2), (1, 1), 1), 16);
+        // Padding larger than the kernel reach: rows and pixels that read nothing but bias.
+        check(geom(4, 3, (3, 3), (2, 2), (1, 1), (3, 3), (1, 1), 1), 16);
+    }
+
+    #[test]
+    fn nan_propagates_and_relu_keeps_it() {
+        let g = geom(4, 4, (5, 5), (3, 3), (1, 1), (1, 1), (1, 1), 1);
+        if !conv2d_lanes_usable(&g) {
+            return;
+        }
+        let batch = 16;
+        let mut x = data(batch * g.in_len(), 1);
+        x[3 * g.in_len() + 12] = f32::NAN; // image 3, channel 0, centre pixel
+        let w = data(g.weight_len(), 2);
+        let mut xl = vec![0.0; g.in_len() * LANES];
+        to_lanes(batch, g.in_len(), &x, &mut xl);
+        let mut yl = vec![0.0; g.out_len() * LANES];
+        let mut scratch = vec![0.0; conv2d_lanes_scratch_len(&g)];
+        conv2d_lanes(
+            &g,
+            1,
+            &xl,
+            &w,
+            None,
+            Activation::Relu,
+            &mut yl,
+            &mut scratch,
+        );
+        let mut got = vec![0.0; batch * g.out_len()];
+        from_lanes(batch, g.out_len(), &yl, &mut got);
+        let img = &got[3 * g.out_len()..4 * g.out_len()];
+        assert!(
+            img[12].is_nan() && img[6].is_nan(),
+            "NaN reaches its 3x3 neighbourhood"
+        );
+        assert!(!img[0].is_nan(), "and no further");
+        assert!(got[..3 * g.out_len()].iter().all(|v| !v.is_nan()));
+    }
+}
