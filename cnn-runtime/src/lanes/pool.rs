@@ -1,10 +1,15 @@
 //! `nn.MaxPool2d` forward (with argmax) and backward on lane tensors.
+//!
+//! Each (slot, channel) plane is one task. Per output vector the window is walked in order
+//! with the scalar rules applied lane by lane; with AVX-512 as compares and masked moves
+//! (`plane_*_avx512`), elsewhere in plain Rust (`plane_*_portable`, also run by the tests).
 
 use rayon::prelude::*;
 
 use super::LANES;
 use crate::geom::Pool2dGeom;
 use crate::grad::{check_len, window};
+use crate::kernels::Isa;
 
 /// Index of an empty window (all padding): its output is `-inf` and gets no gradient.
 const NO_INDEX: u32 = u32::MAX;
@@ -23,22 +28,26 @@ pub fn max_pool2d_lanes_forward(
     output: &mut [f32],
     indices: &mut [u32],
 ) {
+    forward_with(g, slots, input, output, indices, Isa::detect());
+}
+
+fn forward_with(
+    g: &Pool2dGeom,
+    slots: usize,
+    input: &[f32],
+    output: &mut [f32],
+    indices: &mut [u32],
+    isa: Isa,
+) {
     let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
+    let out_len = slots * g.out_len() * LANES;
     check_len(
         "max_pool2d_lanes input",
         input.len(),
         slots * g.in_len() * LANES,
     );
-    check_len(
-        "max_pool2d_lanes output",
-        output.len(),
-        slots * g.out_len() * LANES,
-    );
-    check_len(
-        "max_pool2d_lanes indices",
-        indices.len(),
-        slots * g.out_len() * LANES,
-    );
+    check_len("max_pool2d_lanes output", output.len(), out_len);
+    check_len("max_pool2d_lanes indices", indices.len(), out_len);
     assert!(
         ihw < NO_INDEX as usize,
         "max_pool2d: plane too large for u32 indices"
@@ -56,35 +65,102 @@ pub fn max_pool2d_lanes_forward(
         .zip(indices.par_chunks_mut(ohw * LANES))
         .zip(input.par_chunks(ihw * LANES))
         .for_each(|((out, idx), x)| {
-            for oh in 0..g.out_h {
-                let (h0, h1) = window(oh, g.stride_h, g.pad_h, g.dilation_h, g.kernel_h, g.in_h);
-                for ow in 0..g.out_w {
-                    let (w0, w1) =
-                        window(ow, g.stride_w, g.pad_w, g.dilation_w, g.kernel_w, g.in_w);
-                    let mut best = [f32::NEG_INFINITY; LANES];
-                    let mut arg = [if h0 < h1 && w0 < w1 {
-                        (h0 * g.in_w + w0) as u32
-                    } else {
-                        NO_INDEX
-                    }; LANES];
-                    for ih in (h0..h1).step_by(g.dilation_h) {
-                        for iw in (w0..w1).step_by(g.dilation_w) {
-                            let pos = ih * g.in_w + iw;
-                            let v: &[f32; LANES] =
-                                x[pos * LANES..][..LANES].try_into().expect("one vector");
-                            for l in 0..LANES {
-                                let take = v[l] > best[l] || v[l].is_nan();
-                                best[l] = if take { v[l] } else { best[l] };
-                                arg[l] = if take { pos as u32 } else { arg[l] };
-                            }
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 {
+                // SAFETY: avx512f is available for `Isa::Avx512`; the three slices are one
+                // plane each (chunks of the checked lengths), which is what the windows of
+                // `g` index.
+                unsafe { plane_forward_avx512(g, x, out, idx) };
+                return;
+            }
+            let _ = isa;
+            plane_forward_portable(g, x, out, idx);
+        });
+}
+
+/// The windows of output `(oh, ow)`: rows `h0..h1` and columns `w0..w1`, in dilation steps.
+fn windows(g: &Pool2dGeom, oh: usize, ow: usize) -> ((usize, usize), (usize, usize)) {
+    (
+        window(oh, g.stride_h, g.pad_h, g.dilation_h, g.kernel_h, g.in_h),
+        window(ow, g.stride_w, g.pad_w, g.dilation_w, g.kernel_w, g.in_w),
+    )
+}
+
+fn plane_forward_portable(g: &Pool2dGeom, x: &[f32], out: &mut [f32], idx: &mut [u32]) {
+    for oh in 0..g.out_h {
+        for ow in 0..g.out_w {
+            let ((h0, h1), (w0, w1)) = windows(g, oh, ow);
+            let mut best = [f32::NEG_INFINITY; LANES];
+            let first = if h0 < h1 && w0 < w1 {
+                (h0 * g.in_w + w0) as u32
+            } else {
+                NO_INDEX
+            };
+            let mut arg = [first; LANES];
+            for ih in (h0..h1).step_by(g.dilation_h) {
+                for iw in (w0..w1).step_by(g.dilation_w) {
+                    let pos = ih * g.in_w + iw;
+                    let v = &x[pos * LANES..][..LANES];
+                    for l in 0..LANES {
+                        if v[l] > best[l] || v[l].is_nan() {
+                            best[l] = v[l];
+                            arg[l] = pos as u32;
                         }
                     }
-                    let o = (oh * g.out_w + ow) * LANES;
-                    out[o..o + LANES].copy_from_slice(&best);
-                    idx[o..o + LANES].copy_from_slice(&arg);
                 }
             }
-        });
+            let o = (oh * g.out_w + ow) * LANES;
+            out[o..o + LANES].copy_from_slice(&best);
+            idx[o..o + LANES].copy_from_slice(&arg);
+        }
+    }
+}
+
+/// [`plane_forward_portable`] with AVX-512 compares and masked moves.
+///
+/// # Safety
+/// avx512f must be available; `x` is one `[H][W][16]` plane of `g`, `out` and `idx` one
+/// `[H_out][W_out][16]` plane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn plane_forward_avx512(g: &Pool2dGeom, x: &[f32], out: &mut [f32], idx: &mut [u32]) {
+    use std::arch::x86_64::{
+        _CMP_GT_OQ, _CMP_UNORD_Q, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_mask_mov_epi32,
+        _mm512_mask_mov_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_storeu_ps,
+        _mm512_storeu_si512,
+    };
+    assert!(x.len() == g.in_h * g.in_w * LANES);
+    assert!(out.len() == g.out_h * g.out_w * LANES && idx.len() == out.len());
+    for oh in 0..g.out_h {
+        for ow in 0..g.out_w {
+            let ((h0, h1), (w0, w1)) = windows(g, oh, ow);
+            let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
+            let first = if h0 < h1 && w0 < w1 {
+                (h0 * g.in_w + w0) as u32
+            } else {
+                NO_INDEX
+            };
+            let mut arg = _mm512_set1_epi32(first as i32);
+            for ih in (h0..h1).step_by(g.dilation_h) {
+                for iw in (w0..w1).step_by(g.dilation_w) {
+                    let pos = ih * g.in_w + iw;
+                    // SAFETY: `window` keeps (ih, iw) inside the plane, so vector `pos` is
+                    // inside `x` (asserted length).
+                    let v = unsafe { _mm512_loadu_ps(x.as_ptr().add(pos * LANES)) };
+                    let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best)
+                        | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                    best = _mm512_mask_mov_ps(best, take, v);
+                    arg = _mm512_mask_mov_epi32(arg, take, _mm512_set1_epi32(pos as i32));
+                }
+            }
+            let o = (oh * g.out_w + ow) * LANES;
+            // SAFETY: output vector (oh, ow) is inside `out` and `idx` (asserted lengths).
+            unsafe {
+                _mm512_storeu_ps(out.as_mut_ptr().add(o), best);
+                _mm512_storeu_si512(idx.as_mut_ptr().add(o).cast(), arg);
+            }
+        }
+    }
 }
 
 /// Backward of [`max_pool2d_lanes_forward`]: `d_input` (overwritten) gets each output lane's
@@ -101,6 +177,18 @@ pub fn max_pool2d_lanes_backward(
     relu_out: Option<&[f32]>,
     d_out: &[f32],
     d_input: &mut [f32],
+) {
+    backward_with(g, slots, indices, relu_out, d_out, d_input, Isa::detect());
+}
+
+fn backward_with(
+    g: &Pool2dGeom,
+    slots: usize,
+    indices: &[u32],
+    relu_out: Option<&[f32]>,
+    d_out: &[f32],
+    d_input: &mut [f32],
+    isa: Isa,
 ) {
     let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
     let out_len = slots * g.out_len() * LANES;
@@ -129,29 +217,111 @@ pub fn max_pool2d_lanes_backward(
             let idx = &indices[p * ohw * LANES..][..ohw * LANES];
             let dy = &d_out[p * ohw * LANES..][..ohw * LANES];
             let y = relu_out.map(|y| &y[p * ohw * LANES..][..ohw * LANES]);
-            for (o, (iv, dv)) in idx
-                .chunks_exact(LANES)
-                .zip(dy.chunks_exact(LANES))
-                .enumerate()
-            {
-                for l in 0..LANES {
-                    let i = iv[l];
-                    if i == NO_INDEX {
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx512 {
+                // SAFETY: avx512f is available for `Isa::Avx512`; `idx`, `dy` and `y` are one
+                // output plane each and `dx` one input plane of `g`; the saved indices are
+                // plane positions (or NO_INDEX, which matches no position).
+                unsafe { plane_backward_avx512(g, idx, y, dy, dx) };
+                return;
+            }
+            let _ = isa;
+            plane_backward_portable(g, idx, y, dy, dx);
+        });
+}
+
+fn plane_backward_portable(
+    g: &Pool2dGeom,
+    idx: &[u32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    dx: &mut [f32],
+) {
+    for (o, (iv, dv)) in idx
+        .chunks_exact(LANES)
+        .zip(dy.chunks_exact(LANES))
+        .enumerate()
+    {
+        for l in 0..LANES {
+            let i = iv[l];
+            if i == NO_INDEX || y.is_some_and(|y| !(y[o * LANES + l] > 0.0)) {
+                continue;
+            }
+            dx[i as usize * LANES + l] += dv[l];
+        }
+    }
+}
+
+/// [`plane_backward_portable`] as masked adds: per output vector, each window position adds
+/// the lanes whose saved argmax it is.
+///
+/// # Safety
+/// avx512f must be available; `idx`, `dy` (and `y`) are one `[H_out][W_out][16]` plane of `g`,
+/// `dx` one `[H][W][16]` plane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn plane_backward_avx512(
+    g: &Pool2dGeom,
+    idx: &[u32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    dx: &mut [f32],
+) {
+    use std::arch::x86_64::{
+        _CMP_GT_OQ, _mm512_cmp_ps_mask, _mm512_cmpeq_epi32_mask, _mm512_loadu_ps,
+        _mm512_loadu_si512, _mm512_mask_add_ps, _mm512_maskz_mov_ps, _mm512_set1_epi32,
+        _mm512_setzero_ps, _mm512_storeu_ps,
+    };
+    let ohw = g.out_h * g.out_w;
+    assert!(idx.len() == ohw * LANES && dy.len() == idx.len());
+    assert!(y.is_none_or(|y| y.len() == idx.len()));
+    assert!(dx.len() == g.in_h * g.in_w * LANES);
+    for oh in 0..g.out_h {
+        for ow in 0..g.out_w {
+            let ((h0, h1), (w0, w1)) = windows(g, oh, ow);
+            let o = (oh * g.out_w + ow) * LANES;
+            // SAFETY: output vector (oh, ow) is inside `idx`, `dy` and `y` (asserted).
+            let (iv, mut dv) = unsafe {
+                (
+                    _mm512_loadu_si512(idx.as_ptr().add(o).cast()),
+                    _mm512_loadu_ps(dy.as_ptr().add(o)),
+                )
+            };
+            if let Some(y) = y {
+                // SAFETY: as above.
+                let yv = unsafe { _mm512_loadu_ps(y.as_ptr().add(o)) };
+                dv = _mm512_maskz_mov_ps(
+                    _mm512_cmp_ps_mask::<_CMP_GT_OQ>(yv, _mm512_setzero_ps()),
+                    dv,
+                );
+            }
+            for ih in (h0..h1).step_by(g.dilation_h) {
+                for iw in (w0..w1).step_by(g.dilation_w) {
+                    let pos = ih * g.in_w + iw;
+                    let hit = _mm512_cmpeq_epi32_mask(iv, _mm512_set1_epi32(pos as i32));
+                    if hit == 0 {
                         continue;
                     }
-                    let keep = y.is_none_or(|y| y[o * LANES + l] > 0.0);
-                    if keep {
-                        dx[i as usize * LANES + l] += dv[l];
+                    // SAFETY: `window` keeps (ih, iw) inside the plane: vector `pos` is inside
+                    // `dx` (asserted length).
+                    unsafe {
+                        let p = dx.as_mut_ptr().add(pos * LANES);
+                        _mm512_storeu_ps(
+                            p,
+                            _mm512_mask_add_ps(_mm512_loadu_ps(p), hit, _mm512_loadu_ps(p), dv),
+                        );
                     }
                 }
             }
-        });
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::grad::{max_pool2d_backward, max_pool2d_relu_backward, max_pool2d_train_forward};
+    use crate::kernels::Isa;
     use crate::kernels::testutil::data;
     use crate::lanes::{from_lanes, lane_slots, to_lanes};
 
