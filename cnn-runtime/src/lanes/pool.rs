@@ -226,17 +226,11 @@ fn backward_with(
                 return;
             }
             let _ = isa;
-            plane_backward_portable(g, idx, y, dy, dx);
+            plane_backward_portable(idx, y, dy, dx);
         });
 }
 
-fn plane_backward_portable(
-    g: &Pool2dGeom,
-    idx: &[u32],
-    y: Option<&[f32]>,
-    dy: &[f32],
-    dx: &mut [f32],
-) {
+fn plane_backward_portable(idx: &[u32], y: Option<&[f32]>, dy: &[f32], dx: &mut [f32]) {
     for (o, (iv, dv)) in idx
         .chunks_exact(LANES)
         .zip(dy.chunks_exact(LANES))
@@ -244,7 +238,11 @@ fn plane_backward_portable(
     {
         for l in 0..LANES {
             let i = iv[l];
-            if i == NO_INDEX || y.is_some_and(|y| !(y[o * LANES + l] > 0.0)) {
+            // `> 0` is false for NaN too: PyTorch's threshold_backward test.
+            let blocked = y.is_some_and(|y| {
+                y[o * LANES + l].partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            });
+            if i == NO_INDEX || blocked {
                 continue;
             }
             dx[i as usize * LANES + l] += dv[l];
@@ -321,7 +319,6 @@ unsafe fn plane_backward_avx512(
 mod tests {
     use super::*;
     use crate::grad::{max_pool2d_backward, max_pool2d_relu_backward, max_pool2d_train_forward};
-    use crate::kernels::Isa;
     use crate::kernels::testutil::data;
     use crate::lanes::{from_lanes, lane_slots, to_lanes};
 
