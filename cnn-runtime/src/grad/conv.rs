@@ -1756,6 +1756,10 @@ mod tests {
         check_lanes(&geom(4, 6, 2, (8, 7), (3, 3), s, (1, 1), s), 16, 15);
         check_lanes(&geom(2, 3, 1, (9, 10), (3, 3), s, (2, 1), (2, 3)), 5, 16);
         check_lanes(&geom(3, 4, 1, (9, 8), (3, 3), (2, 2), (1, 1), s), 16, 17);
+        // Whole 4-channel tiles inside groups; wide kernels.
+        check_lanes(&geom(6, 8, 2, (7, 6), (3, 3), s, (1, 1), s), 16, 18);
+        check_lanes(&geom(3, 5, 1, (9, 10), (7, 7), s, (3, 3), s), 16, 19);
+        check_lanes(&geom(2, 4, 1, (5, 13), (1, 11), (1, 2), (0, 4), (1, 1)), 16, 20);
     }
 
     #[test]
