@@ -307,6 +307,24 @@ impl Unit<'_> {
     }
 }
 
+/// Kernel columns whose real-pixel ranges [`tile`] computes once per tile.
+const MAX_KW: usize = 32;
+
+/// The tile pixels `ta..tb` (of `t_max`) whose input column `c0 + t·sw` lies in `0..in_w`.
+fn real_pixels(c0: isize, sw: usize, in_w: usize, t_max: usize) -> (usize, usize) {
+    let ta = if c0 >= 0 {
+        0
+    } else {
+        c0.unsigned_abs().div_ceil(sw)
+    };
+    let tb = if c0 >= in_w as isize {
+        0
+    } else {
+        (in_w as isize - c0).unsigned_abs().div_ceil(sw)
+    };
+    (ta.min(t_max), tb.min(t_max))
+}
+
 /// `acc[r][t] += Σ_{kh, kw, ci} w[kh][kw][ci][r] · x(kh, kw, t, ci)` for `T` pixels, leaving out
 /// the pixels whose input column is padding.
 ///
@@ -328,18 +346,21 @@ unsafe fn tile<const T: usize>(
     let mut a = [[_mm512_setzero_ps(); T]; R];
     let (xp, wp) = (xb.as_ptr(), wb.as_ptr());
     let cin = taps.cin;
+    // The real pixels of each kernel column (the same for every kernel row and channel).
+    let mut ranges = [(0, 0); MAX_KW];
+    for (j, r) in ranges.iter_mut().enumerate().take(taps.kernel_w) {
+        *r = real_pixels(taps.col0 + (j * taps.dw) as isize, taps.sw, taps.in_w, T);
+    }
     for c0 in (0..cin).step_by(CB) {
         let c1 = (c0 + CB).min(cin);
         for i in 0..taps.kh.1 - taps.kh.0 {
             for j in 0..taps.kernel_w {
-                // Tile pixels whose input column for this kernel column is real.
                 let cbase = taps.col0 + (j * taps.dw) as isize;
-                let real = |t: usize| {
-                    let c = cbase + (t * taps.sw) as isize;
-                    c >= 0 && (c as usize) < taps.in_w
+                let (ta, tb) = if j < MAX_KW {
+                    ranges[j]
+                } else {
+                    real_pixels(cbase, taps.sw, taps.in_w, T)
                 };
-                let ta = (0..T).find(|&t| real(t)).unwrap_or(T);
-                let tb = (ta..T).find(|&t| !real(t)).unwrap_or(T);
                 if ta >= tb {
                     continue;
                 }
