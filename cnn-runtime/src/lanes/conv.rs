@@ -367,51 +367,34 @@ unsafe fn tile<const T: usize>(
                 // Pointer to pixel 0's column (possibly before the row: only formed, never
                 // read, for padding columns).
                 let x = xp.wrapping_offset((i * taps.khs) as isize + cbase * LANES as isize);
-                // SAFETY: weight (kh, kw) of the block, inside `wb` (caller).
-                let w = unsafe { wp.add((i * taps.kernel_w + j) * cin * R) };
-                if ta == 0 && tb == T {
-                    for ci in c0..c1 {
-                        let mut wv = [_mm512_setzero_ps(); R];
-                        for (r, v) in wv.iter_mut().enumerate() {
-                            // SAFETY: weight (kh, kw, ci, r) of the block.
-                            *v = _mm512_set1_ps(unsafe { *w.add(ci * R + r) });
+                // Weight (kh, kw) of the block, inside `wb` (caller).
+                let w = wp.wrapping_add((i * taps.kernel_w + j) * cin * R);
+                let full = ta == 0 && tb == T;
+                // Pointers bumped per channel (no index arithmetic in the loop).
+                let ts = taps.sw * LANES;
+                let mut xq = x.wrapping_add(c0 * taps.cs);
+                let mut wq = w.wrapping_add(c0 * R);
+                for _ in c0..c1 {
+                    let mut wv = [_mm512_setzero_ps(); R];
+                    for (r, v) in wv.iter_mut().enumerate() {
+                        // SAFETY: weight (kh, kw, ci, r) of the block.
+                        *v = _mm512_set1_ps(unsafe { *wq.add(r) });
+                    }
+                    // A constant-bound loop (with a test on edge tiles) keeps the
+                    // accumulators in registers; a `ta..tb` loop would index them
+                    // dynamically and spill.
+                    for tt in 0..T {
+                        if !full && (tt < ta || tt >= tb) {
+                            continue;
                         }
-                        for tt in 0..T {
-                            // SAFETY: pixel tt's column is real; in bounds by the caller.
-                            let xv = unsafe {
-                                _mm512_loadu_ps(
-                                    x.wrapping_add((tt * taps.sw) * LANES + ci * taps.cs),
-                                )
-                            };
-                            for r in 0..R {
-                                a[r][tt] = _mm512_fmadd_ps(wv[r], xv, a[r][tt]);
-                            }
+                        // SAFETY: pixel tt's column is real; in bounds by the caller.
+                        let xv = unsafe { _mm512_loadu_ps(xq.wrapping_add(tt * ts)) };
+                        for r in 0..R {
+                            a[r][tt] = _mm512_fmadd_ps(wv[r], xv, a[r][tt]);
                         }
                     }
-                } else {
-                    for ci in c0..c1 {
-                        let mut wv = [_mm512_setzero_ps(); R];
-                        for (r, v) in wv.iter_mut().enumerate() {
-                            // SAFETY: weight (kh, kw, ci, r) of the block.
-                            *v = _mm512_set1_ps(unsafe { *w.add(ci * R + r) });
-                        }
-                        // A constant-bound loop with a test keeps the accumulators in
-                        // registers (a `ta..tb` loop indexes them dynamically: spills).
-                        for tt in 0..T {
-                            if tt < ta || tt >= tb {
-                                continue;
-                            }
-                            // SAFETY: pixel tt's column is real; in bounds by the caller.
-                            let xv = unsafe {
-                                _mm512_loadu_ps(
-                                    x.wrapping_add((tt * taps.sw) * LANES + ci * taps.cs),
-                                )
-                            };
-                            for r in 0..R {
-                                a[r][tt] = _mm512_fmadd_ps(wv[r], xv, a[r][tt]);
-                            }
-                        }
-                    }
+                    xq = xq.wrapping_add(taps.cs);
+                    wq = wq.wrapping_add(R);
                 }
             }
         }
