@@ -561,7 +561,7 @@ const LR: usize = 4;
 /// Kernel taps per register tile (`LR × LT` accumulators, `LR + LT` loads per output position;
 /// 4 × 5 was measured slower: LLVM spilled its 20 accumulators).
 const LT: usize = 4;
-const _: () = assert!(LT <= 5, "tile_dispatch instantiates T = 1..=5");
+const _: () = assert!(LT == 4, "tile_dispatch instantiates T = 1..=4");
 /// Output positions per band of the lane weight gradient: the band's `d_out` (`LR` channels,
 /// 32 KiB) and input rows stay in L1 while every tap group sweeps them. Measured on the seed
 /// layers (14 × 14, 1 thread): 86 nominal GFLOP/s unbanded, 94 / 110 / 116 / 120 / 101 with
@@ -1088,8 +1088,7 @@ fn tile_dispatch<const R: usize>(
         1 => run!(1),
         2 => run!(2),
         3 => run!(3),
-        4 => run!(4),
-        _ => run!(5),
+        _ => run!(4),
     }
 }
 
