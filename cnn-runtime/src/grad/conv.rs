@@ -913,6 +913,20 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, src: LaneSrc, sc: &mut [f32]) {
                             *o = (tap / g.kernel_w) * g.dilation_h * wp
                                 + (tap % g.kernel_w) * g.dilation_w;
                         }
+                        // Output rows where some tap of the group reads a real input row
+                        // (the others read the copy's zero rows): skip the rest of the band.
+                        let (lo, hi) = (
+                            valid_rows(g, (t0 + nt - 1) / g.kernel_w).0,
+                            valid_rows(g, t0 / g.kernel_w).1,
+                        );
+                        let geo = TileGeom {
+                            oh0: geo.oh0.max(lo),
+                            oh1: geo.oh1.min(hi),
+                            ..geo
+                        };
+                        if geo.oh0 >= geo.oh1 {
+                            continue;
+                        }
                         let mut out = [[0.0f32; LT]; LR];
                         if rows == LR {
                             tile_dispatch::<LR>(
@@ -949,6 +963,17 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, src: LaneSrc, sc: &mut [f32]) {
             }
         }
     }
+}
+
+/// The output rows `lo..hi` whose input row for kernel row `kh` lies inside the input (a
+/// kernel row further down has a range no later).
+fn valid_rows(g: &Conv2dGeom, kh: usize) -> (usize, usize) {
+    let off = kh * g.dilation_h;
+    let lo = g.pad_top.saturating_sub(off).div_ceil(g.stride_h);
+    let hi = (g.in_h + g.pad_top)
+        .checked_sub(off + 1)
+        .map_or(0, |m| m / g.stride_h + 1);
+    (lo.min(g.out_h), hi.min(g.out_h))
 }
 
 /// `dst[k·16 + b] = rows[b][k]` for every `k`, zero for lanes `b ≥ rows.len()`: up to 16 equal
