@@ -7,6 +7,14 @@
 //! across steps or epochs ([`Trainer::memory_bytes`] reports it). A ReLU right after a conv2d is
 //! fused into the convolution (forward epilogue; backward from the saved output).
 //!
+//! On AVX-512 CPUs the leading convolution, max-pool and activation layers run on lane tensors
+//! (16 images per vector, [`crate::lanes`]) for batches that fill their slots of 16 at least
+//! three-quarters: the input is converted once, the first other layer (usually the `flatten`
+//! before the classifier) gets its input converted back, and the backward pass converts the
+//! gradient once on the way in. The convolutions then skip the zero padding exactly, and no
+//! layer transposes its operands per call. [`Trainer::set_lanes`] turns it off for comparisons;
+//! both paths are tested to give the same gradients.
+//!
 //! Loss: PyTorch's `cross_entropy` on the logits, or `nll_loss` when the model ends in
 //! `log_softmax` (the usual MNIST recipe), or the negative log of the probability when it ends
 //! in `softmax`. Same seed, same thread count → identical weights (the kernels are
