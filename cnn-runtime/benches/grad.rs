@@ -1,5 +1,6 @@
 //! Conv backward on the seed model's layers at batch 64: GFLOP/s of `conv2d_backward` and its
-//! speed-up over the direct-loop `conv2d_backward_reference`.
+//! speed-up over the direct-loop `conv2d_backward_reference`, and (on AVX-512) the same backward
+//! on lane tensors (`conv2d_backward_lanes`, the trainer's path) as a ratio to the image path.
 //!
 //! `cargo bench -p cnn-runtime --bench grad` prints a table first (median of timed runs, 1 and
 //! 2 threads, reference timed once), then criterion's own measurements, whose throughput
@@ -12,9 +13,11 @@ use std::time::{Duration, Instant};
 
 use cnn_runtime::geom::{Conv2dGeom, LinearGeom, Pool2dGeom};
 use cnn_runtime::grad::{
-    conv2d_backward, conv2d_backward_reference, conv2d_backward_scratch_len, linear_backward,
-    max_pool2d_backward, max_pool2d_train_forward, relu_backward_inplace, softmax_cross_entropy,
+    conv2d_backward, conv2d_backward_lanes, conv2d_backward_lanes_scratch_len,
+    conv2d_backward_reference, conv2d_backward_scratch_len, linear_backward, max_pool2d_backward,
+    max_pool2d_train_forward, relu_backward_inplace, softmax_cross_entropy,
 };
+use cnn_runtime::lanes::{LANES, conv2d_lanes_usable, lane_slots, to_lanes};
 use cnn_runtime::optim::{Optimizer, Sgd};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -103,6 +106,39 @@ impl Data {
         black_box(&self.dw);
     }
 
+    /// The same backward on lane tensors (the trainer's path on AVX-512), if available: the
+    /// operands converted once, outside the timing.
+    fn lanes(&self, g: &Conv2dGeom) -> Option<impl FnMut(bool) + Send + use<>> {
+        if !conv2d_lanes_usable(g) {
+            return None;
+        }
+        let slots = lane_slots(BATCH);
+        let conv = |v: &[f32], len: usize| {
+            let mut l = vec![0.0; slots * len * LANES];
+            to_lanes(BATCH, len, v, &mut l);
+            l
+        };
+        let (x, dy) = (conv(&self.x, g.in_len()), conv(&self.dy, g.out_len()));
+        let (w, g) = (self.w.clone(), *g);
+        let mut dx = vec![0.0; x.len()];
+        let (mut dw, mut db) = (vec![0.0; w.len()], vec![0.0; g.out_channels]);
+        let mut scratch = vec![0.0; conv2d_backward_lanes_scratch_len(&g, slots)];
+        Some(move |d_input: bool| {
+            conv2d_backward_lanes(
+                &g,
+                slots,
+                &x,
+                &w,
+                &dy,
+                d_input.then_some(&mut dx[..]),
+                &mut dw,
+                Some(&mut db),
+                &mut scratch,
+            );
+            black_box(&dw);
+        })
+    }
+
     fn reference(&mut self, g: &Conv2dGeom, d_input: bool) {
         conv2d_backward_reference(
             g,
@@ -176,6 +212,7 @@ fn table() {
         "conv2d_backward, batch {BATCH}: GFLOP/s (1 thread: CPU time of the worker; 2 threads: wall time) and speed-up over the direct-loop reference (1 thread)"
     );
     let (mut total1, mut total2) = (Duration::ZERO, Duration::ZERO);
+    let (mut total_lanes, mut total_lanes2) = (Duration::ZERO, Duration::ZERO);
     for (name, g, dx) in layers() {
         let mut d = Data::new(&g);
         let t1 = mean_cpu_1thread(&p1, || d.fast(&g, dx), 40);
@@ -188,9 +225,27 @@ fn table() {
         let s = Instant::now();
         d.reference(&g, dx);
         let tr = s.elapsed();
+        let lanes = d.lanes(&g).map(|mut f| {
+            let t1 = mean_cpu_1thread(&p1, || f(dx), 40);
+            let t2 = p2.install(|| median_time(|| f(dx), 15));
+            (t1, t2)
+        });
         total1 += t1;
         total2 += t2;
         let gf = |t: Duration| flops(&g, dx) as f64 / t.as_secs_f64() / 1e9;
+        if let Some((tl, tl2)) = lanes {
+            total_lanes += tl;
+            total_lanes2 += tl2;
+            println!(
+                "  {name:<16} lanes: {:>8.3} ms {:>6.1} GFLOP/s | {:>8.3} ms {:>6.1} GFLOP/s | {:.2}x / {:.2}x the image path",
+                tl.as_secs_f64() * 1e3,
+                gf(tl),
+                tl2.as_secs_f64() * 1e3,
+                gf(tl2),
+                t1.as_secs_f64() / tl.as_secs_f64(),
+                t2.as_secs_f64() / tl2.as_secs_f64()
+            );
+        }
         println!(
             "  {name:<16} {:>8.3} ms {:>6.1} GFLOP/s | {:>8.3} ms {:>6.1} GFLOP/s | cores busy {busy:.2} | reference {:>9.1} ms, {:>6.1}x slower than 1 thread",
             t1.as_secs_f64() * 1e3,
@@ -210,6 +265,15 @@ fn table() {
         all as f64 / total2.as_secs_f64() / 1e9,
         BATCH as f64 / total2.as_secs_f64(),
     );
+    if total_lanes > Duration::ZERO {
+        println!(
+            "  all four layers on lane tensors: {:.3} ms on 1 thread, {:.3} ms on 2 threads ({:.2}x / {:.2}x the image path)",
+            total_lanes.as_secs_f64() * 1e3,
+            total_lanes2.as_secs_f64() * 1e3,
+            total1.as_secs_f64() / total_lanes.as_secs_f64(),
+            total2.as_secs_f64() / total_lanes2.as_secs_f64()
+        );
+    }
     seed_table(&p1, &p2);
 }
 

@@ -678,12 +678,12 @@ impl LanePlan {
 /// Whether [`conv2d_backward_lanes`] can compute this convolution's input gradient (stride 1
 /// and a padding of at most the kernel's reach, so the input gradient is a forward
 /// convolution of `d_out`); the weight gradient is always available.
-pub(crate) fn lanes_input_grad_supported(g: &Conv2dGeom) -> bool {
+pub fn lanes_input_grad_supported(g: &Conv2dGeom) -> bool {
     transposed_geom(g).is_some_and(|gt| crate::lanes::conv2d_lanes_usable(&gt))
 }
 
 /// Scratch elements [`conv2d_backward_lanes`] needs for `slots` slots.
-pub(crate) fn conv2d_backward_lanes_scratch_len(g: &Conv2dGeom, slots: usize) -> usize {
+pub fn conv2d_backward_lanes_scratch_len(g: &Conv2dGeom, slots: usize) -> usize {
     let lp = LanePlan::for_lanes(g, slots);
     let dx = transposed_geom(g).map_or(0, |gt| {
         g.weight_len() + crate::lanes::conv2d_lanes_scratch_len(&gt)
@@ -702,7 +702,7 @@ pub(crate) fn conv2d_backward_lanes_scratch_len(g: &Conv2dGeom, slots: usize) ->
 /// If a slice length disagrees with `g` and `slots`, AVX-512 is missing, or `d_input` is asked
 /// for a geometry [`lanes_input_grad_supported`] rejects.
 #[expect(clippy::too_many_arguments, reason = "the operands of conv2d_backward")]
-pub(crate) fn conv2d_backward_lanes(
+pub fn conv2d_backward_lanes(
     g: &Conv2dGeom,
     slots: usize,
     input: &[f32],
