@@ -230,6 +230,42 @@ fn bench_json(extra: &[&str]) -> Vec<serde_json::Value> {
 }
 
 #[test]
+fn bench_compare_lanes_times_both_paths_or_says_why_not() {
+    let args = |batch: &'static str| {
+        [
+            "bench",
+            "examples/models/seed.yaml",
+            "--train",
+            "--optimizer",
+            "sgd",
+            "--compare-lanes",
+            "--batch",
+            batch,
+            "--threads",
+            "1",
+            "--seconds",
+            "0.05",
+            "--json",
+        ]
+    };
+    let (code, out, err) = cnnc(&args("32"));
+    if err.contains("no lane path") {
+        assert_eq!(code, 1, "{err}");
+        return; // no AVX-512 here
+    }
+    assert_eq!(code, 0, "{err}");
+    let paths: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].to_string())
+        .collect();
+    assert_eq!(paths, ["\"train-lanes\"", "\"train-images\""]);
+    // A batch that cannot fill its slots would time the image path twice: refused.
+    let (code, _, err) = cnnc(&args("2"));
+    assert_eq!(code, 1);
+    assert!(err.contains("lane slots idle"), "{err}");
+}
+
+#[test]
 fn gen_prints_formatted_code_and_bench_prints_json() {
     let (code, out, _) = cnnc(&["gen", "examples/models/seed.cnn"]);
     assert_eq!(code, 0);

@@ -564,7 +564,7 @@ impl Trainer {
 
     /// Whether a batch of `batch` images takes the lane path: it is available, switched on,
     /// and at most a quarter of the slots' lanes would be idle.
-    fn use_lanes(&self, batch: usize) -> bool {
+    pub fn uses_lanes(&self, batch: usize) -> bool {
         let idle = lanes::lane_slots(batch) * LANES - batch;
         self.lanes_on && self.lane_end > 0 && batch >= LANES && 4 * idle <= batch
     }
@@ -584,7 +584,7 @@ impl Trainer {
     }
 
     fn forward(&mut self, batch: usize, train: bool) {
-        let use_lanes = self.use_lanes(batch);
+        let use_lanes = self.uses_lanes(batch);
         let Trainer {
             ops,
             tensors,
@@ -819,7 +819,7 @@ impl Trainer {
     }
 
     fn backward(&mut self, batch: usize) {
-        let use_lanes = self.use_lanes(batch);
+        let use_lanes = self.uses_lanes(batch);
         let Trainer {
             ops,
             tensors,

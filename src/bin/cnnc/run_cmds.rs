@@ -478,6 +478,12 @@ fn bench_lanes(
             p.name
         );
     }
+    if !t.uses_lanes(a.batch) {
+        anyhow::bail!(
+            "batch {} would leave more than a quarter of its 16-image lane slots idle, so it always takes the image path; use a batch of at least 16, ideally a multiple of 16 (--batch 64)",
+            a.batch
+        );
+    }
     let mut lat = [Vec::new(), Vec::new()];
     let start = Instant::now();
     let mut i = 0usize;
