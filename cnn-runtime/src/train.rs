@@ -610,88 +610,49 @@ impl Trainer {
         }
         for k in 0..ops.len() {
             let op = &ops[k];
-            if k < lane_end {
-                let (before, rest) = outs.split_at_mut(k);
-                let src: &[f32] = if k == 0 {
-                    &in_lanes[..op.in_len * lb]
-                } else {
-                    &before[k - 1][..op.in_len * lb]
-                };
-                let last = k + 1 == lane_end;
-                let dst: &mut [f32] = if last {
-                    &mut last_lanes[..op.out_len * lb]
-                } else {
-                    &mut rest[0][..op.out_len * lb]
-                };
-                let p = |j: usize| &tensors[op.params[j]][..];
-                match &op.op {
-                    Op::Conv2d { bias, .. } => {
-                        let g = Conv2dGeom::from_op(&op.op).expect("conv op");
-                        lanes::conv2d_lanes(
-                            &g,
-                            slots,
-                            src,
-                            p(0),
-                            bias.then(|| p(1)),
-                            kernel_act(op.fused),
-                            dst,
-                            scratch,
-                        );
-                    }
-                    Op::Pool2d { .. } => lanes::max_pool2d_lanes_forward(
-                        &Pool2dGeom::from_op(&op.op).expect("pool op"),
-                        slots,
-                        src,
-                        dst,
-                        &mut pool_idx[k][..op.out_len * lb],
-                    ),
-                    Op::Activation { act, .. } => activation_forward(*act, src, dst),
-                    other => unreachable!("not a lane op: {other:?}"),
-                }
-                if last {
-                    lanes::from_lanes(
-                        batch,
-                        op.out_len,
-                        &last_lanes[..op.out_len * lb],
-                        &mut rest[0][..op.out_len * batch],
-                    );
-                }
-                continue;
-            }
             if elided(ops, k) {
                 continue;
             }
+            // Ops before `lane_end` read and write lane tensors of `lb` images; the last of
+            // them writes `last_lanes`, converted below into its NCHW buffer for the next op.
+            let on_lanes = k < lane_end;
+            let nb = if on_lanes { lb } else { batch };
+            let last_lane_op = on_lanes && k + 1 == lane_end;
             let (before, rest) = outs.split_at_mut(k);
             let src: &[f32] = match src_buf(ops, k) {
+                None if on_lanes => &in_lanes[..op.in_len * lb],
                 None => &input[..op.in_len * batch],
-                Some(j) => &before[j][..op.in_len * batch],
+                Some(j) => &before[j][..op.in_len * nb],
             };
-            let dst = &mut rest[0][..op.out_len * batch];
+            let dst: &mut [f32] = if last_lane_op {
+                &mut last_lanes[..op.out_len * lb]
+            } else {
+                &mut rest[0][..op.out_len * nb]
+            };
             let p = |j: usize| &tensors[op.params[j]][..];
             match &op.op {
                 Op::Conv2d { bias, .. } => {
                     let g = Conv2dGeom::from_op(&op.op).expect("conv op");
-                    kernels::conv2d_act(
-                        &g,
-                        batch,
-                        src,
-                        p(0),
-                        bias.then(|| p(1)),
-                        kernel_act(op.fused),
-                        dst,
-                        scratch,
-                    );
+                    let (w, b, act) = (p(0), bias.then(|| p(1)), kernel_act(op.fused));
+                    if on_lanes {
+                        lanes::conv2d_lanes(&g, slots, src, w, b, act, dst, scratch);
+                    } else {
+                        kernels::conv2d_act(&g, batch, src, w, b, act, dst, scratch);
+                    }
                 }
                 Op::Pool2d { kind, .. } => {
                     let g = Pool2dGeom::from_op(&op.op).expect("pool op");
+                    // Argmax indices: allocated for max pools only.
+                    let idx = &mut pool_idx[k];
                     match kind {
-                        PoolKind::Max if train => grad::max_pool2d_train_forward(
-                            &g,
-                            batch,
-                            src,
-                            dst,
-                            &mut pool_idx[k][..op.out_len * batch],
-                        ),
+                        PoolKind::Max if on_lanes => {
+                            let idx = &mut idx[..op.out_len * lb];
+                            lanes::max_pool2d_lanes_forward(&g, slots, src, dst, idx);
+                        }
+                        PoolKind::Max if train => {
+                            let idx = &mut idx[..op.out_len * batch];
+                            grad::max_pool2d_train_forward(&g, batch, src, dst, idx);
+                        }
                         PoolKind::Max => kernels::max_pool2d(&g, batch, src, dst),
                         PoolKind::Avg => kernels::avg_pool2d(&g, batch, src, dst),
                     }
@@ -777,6 +738,14 @@ impl Trainer {
                     }
                 }
             }
+            if last_lane_op {
+                lanes::from_lanes(
+                    batch,
+                    op.out_len,
+                    &last_lanes[..op.out_len * lb],
+                    &mut rest[0][..op.out_len * batch],
+                );
+            }
         }
     }
 
@@ -846,104 +815,49 @@ impl Trainer {
         let mut relu_applied = false;
         for k in (0..ops.len()).rev() {
             let op = &ops[k];
-            if k < lane_end {
-                if k + 1 == lane_end {
-                    // The gradient enters the lane region.
-                    lanes::to_lanes(
-                        batch,
-                        op.out_len,
-                        &cur[..op.out_len * batch],
-                        &mut next[..op.out_len * lb],
-                    );
-                    std::mem::swap(&mut cur, &mut next);
-                }
-                let src: &[f32] = if k == 0 {
-                    &in_lanes[..op.in_len * lb]
-                } else {
-                    &outs[k - 1][..op.in_len * lb]
-                };
-                let out: &[f32] = if k + 1 == lane_end {
-                    &last_lanes[..op.out_len * lb]
-                } else {
-                    &outs[k][..op.out_len * lb]
-                };
-                let d_out = &mut cur[..op.out_len * lb];
-                fused_backward(op.fused, &mut relu_applied, out, d_out);
-                let d_out: &[f32] = d_out;
-                let need_dx = k > 0;
-                let d_in = &mut next[..op.in_len * lb];
-                match &op.op {
-                    Op::Conv2d { bias, .. } => {
-                        let g = Conv2dGeom::from_op(&op.op).expect("conv op");
-                        let (w, b) = (op.params[0], op.params.get(1).copied());
-                        let (gw, gb) = split_two(grads, w, b.filter(|_| *bias));
-                        grad::conv2d_backward_lanes(
-                            &g,
-                            slots,
-                            src,
-                            &tensors[w],
-                            d_out,
-                            need_dx.then_some(d_in),
-                            gw,
-                            gb,
-                            scratch,
-                        );
-                    }
-                    Op::Pool2d { .. } => {
-                        if need_dx {
-                            // ReLU (fused into the op before) then max pool: one pass.
-                            let relu = ops[k - 1].fused == Some(Activation::Relu);
-                            lanes::max_pool2d_lanes_backward(
-                                &Pool2dGeom::from_op(&op.op).expect("pool op"),
-                                slots,
-                                &pool_idx[k][..op.out_len * lb],
-                                relu.then_some(out),
-                                d_out,
-                                d_in,
-                            );
-                            relu_applied = relu;
-                        }
-                    }
-                    Op::Activation { act, .. } => {
-                        if need_dx {
-                            activation_backward(*act, src, out, d_out, d_in);
-                        }
-                    }
-                    other => unreachable!("not a lane op: {other:?}"),
-                }
-                std::mem::swap(&mut cur, &mut next);
-                continue;
-            }
             if elided(ops, k) {
                 // The gradient w.r.t. its input is the one w.r.t. its output, already in `cur`.
                 continue;
             }
+            let on_lanes = k < lane_end;
+            let last_lane_op = on_lanes && k + 1 == lane_end;
+            if last_lane_op {
+                // The gradient enters the lane region.
+                lanes::to_lanes(
+                    batch,
+                    op.out_len,
+                    &cur[..op.out_len * batch],
+                    &mut next[..op.out_len * lb],
+                );
+                std::mem::swap(&mut cur, &mut next);
+            }
+            let nb = if on_lanes { lb } else { batch };
             let src: &[f32] = match src_buf(ops, k) {
+                None if on_lanes => &in_lanes[..op.in_len * lb],
                 None => &input[..op.in_len * batch],
-                Some(j) => &outs[j][..op.in_len * batch],
+                Some(j) => &outs[j][..op.in_len * nb],
             };
-            let out = &outs[k][..op.out_len * batch];
-            let d_out = &mut cur[..op.out_len * batch];
+            let out: &[f32] = if last_lane_op {
+                &last_lanes[..op.out_len * lb]
+            } else {
+                &outs[k][..op.out_len * nb]
+            };
+            let d_out = &mut cur[..op.out_len * nb];
             fused_backward(op.fused, &mut relu_applied, out, d_out);
             let d_out: &[f32] = d_out;
             let need_dx = k > 0;
-            let d_in = &mut next[..op.in_len * batch];
+            let d_in = &mut next[..op.in_len * nb];
             match &op.op {
                 Op::Conv2d { bias, .. } => {
                     let g = Conv2dGeom::from_op(&op.op).expect("conv op");
                     let (w, b) = (op.params[0], op.params.get(1).copied());
                     let (gw, gb) = split_two(grads, w, b.filter(|_| *bias));
-                    grad::conv2d_backward(
-                        &g,
-                        batch,
-                        src,
-                        &tensors[w],
-                        d_out,
-                        need_dx.then_some(d_in),
-                        gw,
-                        gb,
-                        scratch,
-                    );
+                    let (w, dx) = (&tensors[w][..], need_dx.then_some(d_in));
+                    if on_lanes {
+                        grad::conv2d_backward_lanes(&g, slots, src, w, d_out, dx, gw, gb, scratch);
+                    } else {
+                        grad::conv2d_backward(&g, batch, src, w, d_out, dx, gw, gb, scratch);
+                    }
                 }
                 &Op::Linear { bias, .. } => {
                     let (w, b) = (op.params[0], op.params.get(1).copied());
@@ -962,9 +876,21 @@ impl Trainer {
                 Op::Pool2d { kind, .. } => {
                     if need_dx {
                         let g = Pool2dGeom::from_op(&op.op).expect("pool op");
+                        // ReLU (fused into the op before) then max pool: one pass.
+                        let relu = ops[k - 1].fused == Some(Activation::Relu);
                         match kind {
-                            // ReLU (fused into the op before) then max pool: one pass.
-                            PoolKind::Max if ops[k - 1].fused == Some(Activation::Relu) => {
+                            PoolKind::Max if on_lanes => {
+                                lanes::max_pool2d_lanes_backward(
+                                    &g,
+                                    slots,
+                                    &pool_idx[k][..op.out_len * lb],
+                                    relu.then_some(out),
+                                    d_out,
+                                    d_in,
+                                );
+                                relu_applied = relu;
+                            }
+                            PoolKind::Max if relu => {
                                 grad::max_pool2d_relu_backward(
                                     &g,
                                     batch,

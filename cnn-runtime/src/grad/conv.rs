@@ -1009,11 +1009,7 @@ pub(crate) fn interleave(isa: Isa, rows: &[&[f32]], dst: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn interleave_avx512(rows: &[&[f32]], dst: &mut [f32], m: usize) {
-    use std::arch::x86_64::{
-        _mm512_castpd_ps, _mm512_castps_pd, _mm512_maskz_loadu_ps, _mm512_setzero_ps,
-        _mm512_shuffle_f32x4, _mm512_storeu_ps, _mm512_unpackhi_pd, _mm512_unpackhi_ps,
-        _mm512_unpacklo_pd, _mm512_unpacklo_ps,
-    };
+    use std::arch::x86_64::{_mm512_maskz_loadu_ps, _mm512_setzero_ps, _mm512_storeu_ps};
     let dp = dst.as_mut_ptr();
     let mut k0 = 0;
     while k0 < m {
@@ -1025,55 +1021,10 @@ unsafe fn interleave_avx512(rows: &[&[f32]], dst: &mut [f32], m: usize) {
             // are not accessed.
             *v = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(k0)) };
         }
-        // Macros, not closures: a closure would not inherit `target_feature` (no inlining).
-        macro_rules! lo2 {
-            ($a:expr, $b:expr) => {
-                _mm512_castpd_ps(_mm512_unpacklo_pd(
-                    _mm512_castps_pd($a),
-                    _mm512_castps_pd($b),
-                ))
-            };
-        }
-        macro_rules! hi2 {
-            ($a:expr, $b:expr) => {
-                _mm512_castpd_ps(_mm512_unpackhi_pd(
-                    _mm512_castps_pd($a),
-                    _mm512_castps_pd($b),
-                ))
-            };
-        }
-        // u[4q + j]: rows 4q..4q+4 of column 4·lane + j, per 128-bit lane.
-        let mut u = [_mm512_setzero_ps(); LANES];
-        for q in 0..4 {
-            let (a, b, c, d) = (r[4 * q], r[4 * q + 1], r[4 * q + 2], r[4 * q + 3]);
-            let (t0, t1) = (_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
-            let (t2, t3) = (_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-            u[4 * q] = lo2!(t0, t2);
-            u[4 * q + 1] = hi2!(t0, t2);
-            u[4 * q + 2] = lo2!(t1, t3);
-            u[4 * q + 3] = hi2!(t1, t3);
-        }
-        // v[j] (rows 0..8) and v[8 + j] (rows 8..16): columns j and j + 8 for j < 4, columns
-        // j and j + 8 (from lanes 1 and 3) for 4 ≤ j < 8.
-        let mut v = [_mm512_setzero_ps(); LANES];
-        for j in 0..4 {
-            for h in 0..2 {
-                let (a, b) = (u[8 * h + j], u[8 * h + 4 + j]);
-                v[8 * h + j] = _mm512_shuffle_f32x4::<0x88>(a, b);
-                v[8 * h + 4 + j] = _mm512_shuffle_f32x4::<0xdd>(a, b);
-            }
-        }
-        for j in 0..8 {
-            let col_lo = _mm512_shuffle_f32x4::<0x88>(v[j], v[8 + j]);
-            let col_hi = _mm512_shuffle_f32x4::<0xdd>(v[j], v[8 + j]);
-            if j < cols {
-                // SAFETY: column k0 + j < m, so its vector lies inside `dst` (16·m floats).
-                unsafe { _mm512_storeu_ps(dp.add((k0 + j) * LANES), col_lo) };
-            }
-            if j + 8 < cols {
-                // SAFETY: as above for column k0 + j + 8 < m.
-                unsafe { _mm512_storeu_ps(dp.add((k0 + j + 8) * LANES), col_hi) };
-            }
+        let t = crate::lanes::transpose16(r);
+        for (j, col) in t.iter().enumerate().take(cols) {
+            // SAFETY: column k0 + j < m, so its vector lies inside `dst` (16·m floats).
+            unsafe { _mm512_storeu_ps(dp.add((k0 + j) * LANES), *col) };
         }
         k0 += LANES;
     }

@@ -131,7 +131,9 @@ unsafe fn deinterleave_avx512(src: &[f32], len: usize, dst: &mut [f32]) {
 /// input `j`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn transpose16(r: [std::arch::x86_64::__m512; LANES]) -> [std::arch::x86_64::__m512; LANES] {
+pub(crate) fn transpose16(
+    r: [std::arch::x86_64::__m512; LANES],
+) -> [std::arch::x86_64::__m512; LANES] {
     use std::arch::x86_64::{
         _mm512_castpd_ps, _mm512_castps_pd, _mm512_setzero_ps, _mm512_shuffle_f32x4,
         _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps,
