@@ -1130,7 +1130,7 @@ mod tests {
 
     use super::*;
     use crate::kernels::reference;
-    use crate::kernels::testutil::{assert_close, data};
+    use crate::kernels::testutil::{assert_close, conv_geom as geom, data};
 
     fn isas() -> Vec<Isa> {
         [Isa::Portable, Isa::Avx2, Isa::Avx512]
@@ -1186,36 +1186,6 @@ mod tests {
         let mut scratch = vec![0.0; conv2d_scratch_len(&g, batch, rayon::current_num_threads())];
         conv2d(&g, batch, &x, &w, Some(&b), &mut got, &mut scratch);
         assert_close(&got, &want, k, "conv2d");
-    }
-
-    #[expect(clippy::too_many_arguments, reason = "test helper mirroring nn.Conv2d")]
-    fn geom(
-        cin: usize,
-        cout: usize,
-        (h, w): (usize, usize),
-        (kh, kw): (usize, usize),
-        (sh, sw): (usize, usize),
-        (ph, pw): (usize, usize),
-        (dh, dw): (usize, usize),
-        groups: usize,
-    ) -> Conv2dGeom {
-        Conv2dGeom {
-            in_channels: cin,
-            in_h: h,
-            in_w: w,
-            out_channels: cout,
-            out_h: out_size(h, kh, sh, ph, ph, dh),
-            out_w: out_size(w, kw, sw, pw, pw, dw),
-            kernel_h: kh,
-            kernel_w: kw,
-            stride_h: sh,
-            stride_w: sw,
-            pad_top: ph,
-            pad_left: pw,
-            dilation_h: dh,
-            dilation_w: dw,
-            groups,
-        }
     }
 
     #[test]

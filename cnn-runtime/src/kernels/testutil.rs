@@ -50,3 +50,36 @@ pub(crate) fn pool_out_size(i: usize, k: usize, s: usize, p: usize, d: usize, ce
     .map(|o| o as usize)
     .unwrap_or_else(|e| panic!("test geometry is not a valid pooling: {e:?}"))
 }
+
+/// An `nn.Conv2d` geometry with symmetric padding, output size as PyTorch computes it.
+#[expect(clippy::too_many_arguments, reason = "test helper mirroring nn.Conv2d")]
+pub(crate) fn conv_geom(
+    cin: usize,
+    cout: usize,
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    (sh, sw): (usize, usize),
+    (ph, pw): (usize, usize),
+    (dh, dw): (usize, usize),
+    groups: usize,
+) -> crate::geom::Conv2dGeom {
+    let out =
+        |i: usize, k: usize, s: usize, p: usize, d: usize| (i + 2 * p - d * (k - 1) - 1) / s + 1;
+    crate::geom::Conv2dGeom {
+        in_channels: cin,
+        in_h: h,
+        in_w: w,
+        out_channels: cout,
+        out_h: out(h, kh, sh, ph, dh),
+        out_w: out(w, kw, sw, pw, dw),
+        kernel_h: kh,
+        kernel_w: kw,
+        stride_h: sh,
+        stride_w: sw,
+        pad_top: ph,
+        pad_left: pw,
+        dilation_h: dh,
+        dilation_w: dw,
+        groups,
+    }
+}

@@ -410,41 +410,8 @@ unsafe fn tile<const T: usize>(
 mod tests {
     use super::*;
     use crate::kernels::reference;
-    use crate::kernels::testutil::{assert_close, data};
+    use crate::kernels::testutil::{assert_close, conv_geom as geom, data};
     use crate::lanes::{from_lanes, lane_slots, to_lanes};
-
-    #[expect(clippy::too_many_arguments, reason = "test helper mirroring nn.Conv2d")]
-    fn geom(
-        cin: usize,
-        cout: usize,
-        (h, w): (usize, usize),
-        (kh, kw): (usize, usize),
-        (sh, sw): (usize, usize),
-        (pt, pl): (usize, usize),
-        (dh, dw): (usize, usize),
-        groups: usize,
-    ) -> Conv2dGeom {
-        let out = |i: usize, k: usize, s: usize, p: usize, d: usize| {
-            (i + 2 * p - d * (k - 1) - 1) / s + 1
-        };
-        Conv2dGeom {
-            in_channels: cin,
-            in_h: h,
-            in_w: w,
-            out_channels: cout,
-            out_h: out(h, kh, sh, pt, dh),
-            out_w: out(w, kw, sw, pl, dw),
-            kernel_h: kh,
-            kernel_w: kw,
-            stride_h: sh,
-            stride_w: sw,
-            pad_top: pt,
-            pad_left: pl,
-            dilation_h: dh,
-            dilation_w: dw,
-            groups,
-        }
-    }
 
     /// The lane convolution against the f64 reference, with bias and each activation, at 1
     /// and 2 threads; the output and scratch start as NaN so an element the kernel forgets
