@@ -563,9 +563,9 @@ const LR: usize = 4;
 const LT: usize = 4;
 const _: () = assert!(LT == 4, "tile_dispatch instantiates T = 1..=4");
 /// Output positions per band of the lane weight gradient: the band's `d_out` (`LR` channels,
-/// 32 KiB) and input rows stay in L1 while every tap group sweeps them. Measured on the seed
-/// layers (14 × 14, 1 thread): 86 nominal GFLOP/s unbanded, 94 / 110 / 116 / 120 / 101 with
-/// bands of 32 / 64 / 96 / 128 / 160 positions.
+/// 32 KiB) and input rows stay in L1 while every tap group sweeps them. Chosen by timing the
+/// seed's 14 × 14 weight gradients on one thread (commit b07152f): 86 nominal GFLOP/s
+/// unbanded, 94 / 110 / 116 / 120 / 101 with bands of 32 / 64 / 96 / 128 / 160 positions.
 const BAND_POSITIONS: usize = 128;
 
 /// The weight gradient with images in vector lanes: each slot takes 16 images, copies its
