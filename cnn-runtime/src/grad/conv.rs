@@ -915,9 +915,16 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, src: LaneSrc, sc: &mut [f32]) {
                         }
                         // Output rows where some tap of the group reads a real input row
                         // (the others read the copy's zero rows): skip the rest of the band.
+                        // (A kernel row further down has a range no later: the union of
+                        // the group's rows runs from its last row's start to its first row's
+                        // end.)
+                        let rows_of = |kh: usize| {
+                            let (pad, off) = (g.pad_top as isize, kh * g.dilation_h);
+                            valid_range(g.out_h, g.stride_h, off, pad, g.in_h)
+                        };
                         let (lo, hi) = (
-                            valid_rows(g, (t0 + nt - 1) / g.kernel_w).0,
-                            valid_rows(g, t0 / g.kernel_w).1,
+                            rows_of((t0 + nt - 1) / g.kernel_w).0,
+                            rows_of(t0 / g.kernel_w).1,
                         );
                         let geo = TileGeom {
                             oh0: geo.oh0.max(lo),
@@ -963,17 +970,6 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, src: LaneSrc, sc: &mut [f32]) {
             }
         }
     }
-}
-
-/// The output rows `lo..hi` whose input row for kernel row `kh` lies inside the input (a
-/// kernel row further down has a range no later).
-fn valid_rows(g: &Conv2dGeom, kh: usize) -> (usize, usize) {
-    let off = kh * g.dilation_h;
-    let lo = g.pad_top.saturating_sub(off).div_ceil(g.stride_h);
-    let hi = (g.in_h + g.pad_top)
-        .checked_sub(off + 1)
-        .map_or(0, |m| m / g.stride_h + 1);
-    (lo.min(g.out_h), hi.min(g.out_h))
 }
 
 /// `dst[k·16 + b] = rows[b][k]` for every `k`, zero for lanes `b ≥ rows.len()`: up to 16 equal
@@ -1419,8 +1415,14 @@ fn add_row(d: &mut [f32], s: &[f32]) {
 }
 
 /// Output positions `o < out` whose source coordinate `o·stride + off − pad` lies in `0..len`,
-/// as a half-open range.
-fn valid_range(out: usize, stride: usize, off: usize, pad: isize, len: usize) -> (usize, usize) {
+/// as a half-open range (empty ranges come back as `(hi, hi)`).
+pub(crate) fn valid_range(
+    out: usize,
+    stride: usize,
+    off: usize,
+    pad: isize,
+    len: usize,
+) -> (usize, usize) {
     // Need o·stride ≥ a and o·stride < len + a, with a = pad − off.
     let a = pad - off as isize;
     let s = stride as isize;

@@ -35,11 +35,11 @@ pub use act::{
     relu_backward, relu_backward_inplace, sigmoid_backward, sigmoid_backward_inplace,
     tanh_backward, tanh_backward_inplace,
 };
-pub(crate) use conv::interleave;
 pub use conv::{
     conv2d_backward, conv2d_backward_lanes, conv2d_backward_lanes_scratch_len,
     conv2d_backward_reference, conv2d_backward_scratch_len, lanes_input_grad_supported,
 };
+pub(crate) use conv::{interleave, valid_range};
 pub use dropout::{DropoutRng, dropout_backward, dropout_train_forward};
 pub use linear::linear_backward;
 pub use loss::{log_softmax_backward, nll_loss, softmax_backward, softmax_cross_entropy};

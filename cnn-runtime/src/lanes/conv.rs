@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use super::LANES;
 use crate::geom::Conv2dGeom;
+use crate::grad::valid_range;
 use crate::kernels::{Activation, Isa};
 
 /// Output channels per register tile.
@@ -196,17 +197,6 @@ struct Taps {
     cin: usize,
 }
 
-/// The range of kernel positions `k < kn` with `0 ≤ o + k·d < n`.
-fn tap_range(o: isize, d: usize, kn: usize, n: usize) -> (usize, usize) {
-    let ok = |k: usize| {
-        let i = o + (k * d) as isize;
-        i >= 0 && (i as usize) < n
-    };
-    let lo = (0..kn).find(|&k| ok(k)).unwrap_or(kn);
-    let hi = (lo..kn).find(|&k| !ok(k)).unwrap_or(kn);
-    (lo, hi)
-}
-
 impl Unit<'_> {
     /// # Safety
     /// avx512f must be available; `out` must point at this slot's `[C_out][H_out][W_out][16]`
@@ -229,7 +219,8 @@ impl Unit<'_> {
         let kk = g.kernel_h * g.kernel_w;
         let wblk = &packed[(self.grp * blocks(g) + self.block) * kk * cin * R..][..kk * cin * R];
         let iy0 = (self.y * g.stride_h) as isize - g.pad_top as isize;
-        let kh = tap_range(iy0, g.dilation_h, g.kernel_h, g.in_h);
+        // Kernel rows whose input row iy0 + kh·dh exists.
+        let kh = valid_range(g.kernel_h, g.dilation_h, 0, -iy0, g.in_h);
         let mut taps = Taps {
             kh,
             khs: g.dilation_h * g.in_w * LANES,
@@ -312,17 +303,7 @@ const MAX_KW: usize = 32;
 
 /// The tile pixels `ta..tb` (of `t_max`) whose input column `c0 + t·sw` lies in `0..in_w`.
 fn real_pixels(c0: isize, sw: usize, in_w: usize, t_max: usize) -> (usize, usize) {
-    let ta = if c0 >= 0 {
-        0
-    } else {
-        c0.unsigned_abs().div_ceil(sw)
-    };
-    let tb = if c0 >= in_w as isize {
-        0
-    } else {
-        (in_w as isize - c0).unsigned_abs().div_ceil(sw)
-    };
-    (ta.min(t_max), tb.min(t_max))
+    valid_range(t_max, sw, 0, -c0, in_w)
 }
 
 /// `acc[r][t] += Σ_{kh, kw, ci} w[kh][kw][ci][r] · x(kh, kw, t, ci)` for `T` pixels, leaving out
