@@ -319,7 +319,7 @@ unsafe fn plane_backward_avx512(
 mod tests {
     use super::*;
     use crate::grad::{max_pool2d_backward, max_pool2d_relu_backward, max_pool2d_train_forward};
-    use crate::kernels::testutil::data;
+    use crate::kernels::testutil::{data, pool_out_size};
     use crate::lanes::{from_lanes, lane_slots, to_lanes};
 
     fn pool(
@@ -330,7 +330,7 @@ mod tests {
         p: usize,
         d: usize,
     ) -> Pool2dGeom {
-        let out = |i: usize| (i + 2 * p - d * (k - 1) - 1) / s + 1;
+        let out = |i: usize| pool_out_size(i, k, s, p, d, false);
         Pool2dGeom {
             channels: c,
             in_h: h,
