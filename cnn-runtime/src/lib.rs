@@ -21,4 +21,5 @@ pub use error::Error;
 pub mod io;
 pub mod kernels;
 pub mod optim;
+pub mod simd;
 pub mod weights;

@@ -667,8 +667,8 @@ fn lane_dw(
 
 impl LanePlan {
     /// The plan for `slots` slots of lane tensors: no `d_out` copy (it is read in place).
-    fn for_lanes(g: &Conv2dGeom, slots: usize) -> Self {
-        let mut lp = LanePlan::new(g, slots * LANES, Isa::Avx512);
+    fn for_lanes(g: &Conv2dGeom, slots: usize, isa: Isa) -> Self {
+        let mut lp = LanePlan::new(g, slots * LANES, isa);
         lp.dyt_len = 0;
         lp.per_slot = LANES + lp.xt_len + g.weight_len() + g.out_channels;
         lp
@@ -684,7 +684,7 @@ pub fn lanes_input_grad_supported(g: &Conv2dGeom) -> bool {
 
 /// Scratch elements [`conv2d_backward_lanes`] needs for `slots` slots.
 pub fn conv2d_backward_lanes_scratch_len(g: &Conv2dGeom, slots: usize) -> usize {
-    let lp = LanePlan::for_lanes(g, slots);
+    let lp = LanePlan::for_lanes(g, slots, Isa::Portable);
     let dx = transposed_geom(g).map_or(0, |gt| {
         g.weight_len() + crate::lanes::conv2d_lanes_scratch_len(&gt)
     });
@@ -699,7 +699,7 @@ pub fn conv2d_backward_lanes_scratch_len(g: &Conv2dGeom, slots: usize) -> usize 
 /// the lane tensors directly (no interleaving). Deterministic for any thread count.
 ///
 /// # Panics
-/// If a slice length disagrees with `g` and `slots`, AVX-512 is missing, or `d_input` is asked
+/// If a slice length disagrees with `g` and `slots`, or `d_input` is asked
 /// for a geometry [`lanes_input_grad_supported`] rejects.
 #[expect(clippy::too_many_arguments, reason = "the operands of conv2d_backward")]
 pub fn conv2d_backward_lanes(
@@ -713,10 +713,34 @@ pub fn conv2d_backward_lanes(
     d_bias: Option<&mut [f32]>,
     scratch: &mut [f32],
 ) {
-    assert!(
-        Isa::Avx512.is_available(),
-        "conv2d_backward_lanes needs AVX-512"
+    conv2d_backward_lanes_with(
+        Isa::detect(),
+        g,
+        slots,
+        input,
+        weight,
+        d_out,
+        d_input,
+        d_weight,
+        d_bias,
+        scratch,
     );
+}
+
+/// [`conv2d_backward_lanes`] with the instruction set chosen by the caller (tests run each).
+#[expect(clippy::too_many_arguments, reason = "the operands of conv2d_backward and the ISA")]
+pub(crate) fn conv2d_backward_lanes_with(
+    isa: Isa,
+    g: &Conv2dGeom,
+    slots: usize,
+    input: &[f32],
+    weight: &[f32],
+    d_out: &[f32],
+    d_input: Option<&mut [f32]>,
+    d_weight: &mut [f32],
+    d_bias: Option<&mut [f32]>,
+    scratch: &mut [f32],
+) {
     let (in_l, out_l) = (g.in_len() * LANES, g.out_len() * LANES);
     check_len("conv2d_backward_lanes input", input.len(), slots * in_l);
     check_len("conv2d_backward_lanes weight", weight.len(), g.weight_len());
@@ -741,7 +765,8 @@ pub fn conv2d_backward_lanes(
         let pl = plan_with(g, 1, false, None);
         let (wt, rest) = scratch.split_at_mut(g.weight_len());
         flip_transpose(g, &pl, weight, wt);
-        crate::lanes::conv2d_lanes(
+        crate::lanes::conv2d_lanes_with(
+            isa,
             &gt,
             slots,
             d_out,
@@ -759,7 +784,7 @@ pub fn conv2d_backward_lanes(
         }
         return;
     }
-    let lp = LanePlan::for_lanes(g, slots);
+    let lp = LanePlan::for_lanes(g, slots, isa);
     let scratch = &mut scratch[..lp.slots * lp.per_slot];
     scratch
         .par_chunks_mut(lp.per_slot)
@@ -1048,90 +1073,89 @@ fn tile_dispatch<const R: usize>(
         * LANES
         + LANES;
     assert!(last <= x.len(), "lane dw: input window out of bounds");
-    macro_rules! run {
-        ($t:literal) => {{
-            let r: [[f32; $t]; R] = tile::<R, $t>(isa, dy, x, offs, geo);
-            for (o, v) in out.iter_mut().zip(&r) {
-                o[..$t].copy_from_slice(v);
-            }
-        }};
-    }
-    match nt {
-        1 => run!(1),
-        2 => run!(2),
-        3 => run!(3),
-        _ => run!(4),
-    }
+    *out = crate::simd::dispatch(
+        isa,
+        DwTile {
+            nt,
+            dy,
+            x,
+            offs,
+            geo,
+        },
+    );
 }
 
-/// `out[r][t] = Σ_{position, lane} dy[r][position][lane] · x[window(position) + offs[t]][lane]`.
-/// The caller ([`tile_dispatch`]) has checked the bounds.
-fn tile<const R: usize, const T: usize>(
-    isa: Isa,
-    dy: &[f32],
-    x: &[f32],
-    offs: &[usize; LT],
-    geo: &TileGeom,
-) -> [[f32; T]; R] {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        // SAFETY: `Isa::Avx512` is only used when avx512f is available (`Isa::detect`, or
-        // tests that check `is_available`); `tile_dispatch` asserted that every load
-        // (`dy[r·P·16 + q·16..][..16]`, `x[(window + offs[t])·16..][..16]`) is in bounds.
-        return unsafe { tile_avx512::<R, T>(dy, x, offs, geo) };
-    }
-    let _ = isa;
-    tile_portable::<R, T>(dy, x, offs, geo)
+/// One `R × nt` weight-gradient tile (`R` = 1 or [`LR`]), as a [`crate::simd::Kernel`]; the
+/// caller ([`tile_dispatch`]) has checked that every load is in bounds.
+struct DwTile<'a, const R: usize> {
+    nt: usize,
+    dy: &'a [f32],
+    x: &'a [f32],
+    offs: &'a [usize; LT],
+    geo: &'a TileGeom,
 }
 
-fn tile_portable<const R: usize, const T: usize>(
-    dy: &[f32],
-    x: &[f32],
-    offs: &[usize; LT],
-    geo: &TileGeom,
-) -> [[f32; T]; R] {
-    let mut acc = [[[0.0f32; LANES]; T]; R];
-    let rs = geo.p * LANES;
-    let mut q = geo.oh0 * geo.out_w;
-    for oh in geo.oh0..geo.oh1 {
-        let xrow = oh * geo.sh * geo.wp;
-        for ow in 0..geo.out_w {
-            let xb = xrow + ow * geo.sw;
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let d: &[f32; LANES] = dy[r * rs + q * LANES..][..LANES]
-                    .try_into()
-                    .expect("one vector");
-                for (t, a) in acc_r.iter_mut().enumerate() {
-                    let xv: &[f32; LANES] = x[(xb + offs[t]) * LANES..][..LANES]
-                        .try_into()
-                        .expect("one vector");
-                    for l in 0..LANES {
-                        a[l] += d[l] * xv[l];
+impl<const R: usize> crate::simd::Kernel for DwTile<'_, R> {
+    type Out = [[f32; LT]; R];
+
+    #[inline(always)]
+    fn run<S: crate::simd::Simd>(self, s: S) -> [[f32; LT]; R] {
+        let mut out = [[0.0f32; LT]; R];
+        // R·T accumulators plus R d_out vectors and one input vector must fit the register
+        // file: 4 × 4 on 32 registers; with 16, four rows go in two passes of two.
+        let pass = if S::REGS >= 32 || R == 1 { R } else { 2 };
+        for r0 in (0..R).step_by(pass) {
+            let dy = &self.dy[r0 * self.geo.p * LANES..];
+            macro_rules! run {
+                ($r:literal, $t:literal) => {{
+                    // SAFETY: `tile_dispatch` checked the loads of rows `0..R` and taps
+                    // `0..nt`; this pass reads rows `r0..r0 + $r` and taps `0..$t` of them.
+                    let v: [[f32; $t]; $r] =
+                        unsafe { dw_tile::<S, $r, $t>(s, dy, self.x, self.offs, self.geo) };
+                    for (o, v) in out[r0..].iter_mut().zip(&v) {
+                        o[..$t].copy_from_slice(v);
                     }
-                }
+                }};
             }
-            q += 1;
+            match (pass, self.nt) {
+                (4, 1) => run!(4, 1),
+                (4, 2) => run!(4, 2),
+                (4, 3) => run!(4, 3),
+                (4, _) => run!(4, 4),
+                (2, 1) => run!(2, 1),
+                (2, 2) => run!(2, 2),
+                (2, 3) => run!(2, 3),
+                (2, _) => run!(2, 4),
+                (_, 1) => run!(1, 1),
+                (_, 2) => run!(1, 2),
+                (_, 3) => run!(1, 3),
+                (_, _) => run!(1, 4),
+            }
         }
+        out
     }
-    acc.map(|row| row.map(|a| a.iter().sum()))
 }
 
-/// [`tile_portable`] with AVX-512 FMAs and a horizontal sum per accumulator.
+/// `out[r][t] = Σ_{position, lane} dy[r][position][lane] · x[window(position) + offs[t]][lane]`
+/// with the 16 lanes of a slot as `16 / S::LANES` vectors summed into one accumulator per
+/// (row, tap), reduced across lanes at the end.
 ///
 /// # Safety
-/// avx512f must be available, and every load described in [`tile_dispatch`] in bounds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const R: usize, const T: usize>(
+/// Every load (`dy[r·P·16 + q·16..][..16]` for `r < R`, `x[(window + offs[t])·16..][..16]` for
+/// `t < T`) must be in bounds.
+#[inline(always)]
+#[expect(
+    clippy::needless_range_loop,
+    reason = "constant-bound index loops over the accumulator grid keep it in registers"
+)]
+unsafe fn dw_tile<S: crate::simd::Simd, const R: usize, const T: usize>(
+    s: S,
     dy: &[f32],
     x: &[f32],
     offs: &[usize; LT],
     geo: &TileGeom,
 ) -> [[f32; T]; R] {
-    use std::arch::x86_64::{
-        _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_setzero_ps,
-    };
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut acc = [[s.zero(); T]; R];
     let mut ol = [0usize; T];
     for (o, s) in ol.iter_mut().zip(offs) {
         *o = s * LANES;
@@ -1143,26 +1167,28 @@ unsafe fn tile_avx512<const R: usize, const T: usize>(
         let xrow = oh * geo.sh * geo.wp;
         for ow in 0..geo.out_w {
             let xb = (xrow + ow * geo.sw) * LANES;
-            let mut d = [_mm512_setzero_ps(); R];
-            for (r, v) in d.iter_mut().enumerate() {
-                // SAFETY: r·P·16 + q·16 + 16 ≤ R·P·16 ≤ dy.len() (asserted by the caller).
-                *v = unsafe { _mm512_loadu_ps(dp.add(r * rs + qo)) };
-            }
-            for t in 0..T {
-                // SAFETY: window + offs[t] is at most the `last` vector checked by the caller.
-                let xv = unsafe { _mm512_loadu_ps(xp.add(xb + ol[t])) };
-                for r in 0..R {
-                    acc[r][t] = _mm512_fmadd_ps(d[r], xv, acc[r][t]);
+            for h in (0..LANES).step_by(S::LANES) {
+                let mut d = [s.zero(); R];
+                for (r, v) in d.iter_mut().enumerate() {
+                    // SAFETY: r·P·16 + q·16 + 16 ≤ R·P·16 ≤ dy.len() (caller).
+                    *v = unsafe { s.load(dp.add(r * rs + qo + h)) };
+                }
+                for t in 0..T {
+                    // SAFETY: window + offs[t] is at most the `last` vector checked by the
+                    // caller.
+                    let xv = unsafe { s.load(xp.add(xb + ol[t] + h)) };
+                    for r in 0..R {
+                        acc[r][t] = s.fmadd(d[r], xv, acc[r][t]);
+                    }
                 }
             }
             qo += LANES;
         }
     }
-    // Explicit loops: a closure would not inherit `target_feature` and would not inline.
     let mut out = [[0.0f32; T]; R];
     for r in 0..R {
         for t in 0..T {
-            out[r][t] = _mm512_reduce_add_ps(acc[r][t]);
+            out[r][t] = s.reduce_add(acc[r][t]);
         }
     }
     out
@@ -1675,10 +1701,6 @@ mod tests {
     /// as NaN so anything left unwritten fails.
     fn check_lanes(g: &Conv2dGeom, batch: usize, seed: u64) {
         use crate::lanes::{LANES, from_lanes, lane_slots, to_lanes};
-        if !Isa::Avx512.is_available() {
-            eprintln!("skipped: no AVX-512 on this CPU");
-            return;
-        }
         let mut rng = Rng::new(seed);
         let x = rng.vec(batch * g.in_len(), -1.0, 1.0);
         let w = rng.vec(g.weight_len(), -1.0, 1.0);
@@ -1707,7 +1729,7 @@ mod tests {
         let mut rl = vec![f32::NAN; slots * g.out_len() * LANES];
         to_lanes(batch, g.in_len(), &x, &mut xl);
         to_lanes(batch, g.out_len(), &r, &mut rl);
-        for threads in [1, 2] {
+        for (isa, threads) in Isa::available().into_iter().flat_map(|i| [(i, 1), (i, 2)]) {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
@@ -1716,7 +1738,8 @@ mod tests {
             let (mut dw2, mut db2) = (vec![f32::NAN; w.len()], vec![f32::NAN; db.len()]);
             let mut sc = vec![f32::NAN; conv2d_backward_lanes_scratch_len(g, slots)];
             pool.install(|| {
-                conv2d_backward_lanes(
+                conv2d_backward_lanes_with(
+                    isa,
                     g,
                     slots,
                     &xl,
@@ -1728,7 +1751,7 @@ mod tests {
                     &mut sc,
                 )
             });
-            let what = format!("{g:?} batch {batch} threads {threads}");
+            let what = format!("{isa:?} {g:?} batch {batch} threads {threads}");
             assert_close(&format!("d_weight {what}"), &dw2, &to_f64(&dw), 1e-4, 1e-4);
             assert_close(&format!("d_bias {what}"), &db2, &to_f64(&db), 1e-4, 1e-4);
             if with_dx {
@@ -1913,10 +1936,7 @@ mod tests {
             assert_close("d_bias", &got.2, &to_f64(&want.2), 1e-3, 1e-4);
             // Full 4-row tiles of the lane weight gradient, on both instruction sets (and a
             // batch that fills one slot and part of the next).
-            let mut isas = vec![Isa::Portable];
-            if Isa::Avx512.is_available() {
-                isas.push(Isa::Avx512);
-            }
+            let isas = Isa::available();
             let batch = 19;
             let x = rng.vec(batch * g.in_len(), -1.0, 1.0);
             let r = rng.vec(batch * g.out_len(), -1.0, 1.0);
@@ -2004,11 +2024,7 @@ mod tests {
 
     #[test]
     fn interleave_matches_definition_on_both_isas() {
-        let mut isas = vec![Isa::Portable];
-        if Isa::Avx512.is_available() {
-            isas.push(Isa::Avx512);
-        }
-        for isa in isas {
+        for isa in Isa::available() {
             for m in [1, 7, 16, 17, 33] {
                 for n in [1, 5, 16] {
                     let data: Vec<Vec<f32>> = (0..n)

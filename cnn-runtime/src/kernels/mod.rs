@@ -82,29 +82,138 @@ impl Activation {
 
 /// Instruction set a SIMD kernel runs with.
 ///
-/// [`Isa::detect`] picks the best one the CPU supports; forcing [`Isa::Portable`] (for tests or
-/// comparisons) is always allowed.
+/// [`Isa::detect`] picks the best one the CPU supports, unless the `CNN_ISA` environment
+/// variable (`avx512`, `avx2` or `portable`) or [`Isa::force`] chose another for the process
+/// (tests and benchmarks: an AVX-512 machine then runs its AVX2 code). Forcing
+/// [`Isa::Portable`] is always allowed; forcing an ISA the CPU lacks is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Isa {
-    /// AVX-512F microkernels (x86-64 only).
+    /// AVX-512F kernels (x86-64 only).
     Avx512,
-    /// AVX2 + FMA microkernels (x86-64 only), for CPUs without AVX-512; kernels that have no
-    /// AVX2 version run their portable code under this setting.
+    /// AVX2 + FMA kernels (x86-64 only), for CPUs without AVX-512.
     Avx2,
-    /// Plain Rust with the same blocking; runs everywhere.
+    /// Plain Rust written so the compiler vectorises it; runs everywhere.
     Portable,
 }
 
-impl Isa {
-    /// The fastest instruction set this CPU supports.
-    pub fn detect() -> Isa {
-        if Isa::Avx512.is_available() {
-            Isa::Avx512
-        } else if Isa::Avx2.is_available() {
-            Isa::Avx2
-        } else {
-            Isa::Portable
+/// Why an ISA name cannot be used on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IsaError {
+    /// The name is none of `avx512`, `avx2`, `portable`.
+    Unknown(String),
+    /// The CPU lacks the instructions.
+    Unavailable(Isa),
+    /// [`Isa::force`] was called after the kernels had already chosen another ISA.
+    AlreadyChosen(Isa),
+}
+
+impl std::fmt::Display for IsaError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IsaError::Unknown(s) => write!(
+                f,
+                "unknown instruction set `{s}`: expected one of avx512, avx2, portable"
+            ),
+            IsaError::Unavailable(isa) => write!(
+                f,
+                "this CPU cannot run {} kernels (best available: {})",
+                isa.name(),
+                Isa::best().name()
+            ),
+            IsaError::AlreadyChosen(isa) => write!(
+                f,
+                "the kernels already run with {}; choose the instruction set before the first kernel call",
+                isa.name()
+            ),
         }
+    }
+}
+
+impl std::error::Error for IsaError {}
+
+/// The process-wide choice, made on the first [`Isa::detect`] or [`Isa::force`].
+static CHOSEN: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+
+impl Isa {
+    /// Every instruction set, fastest first.
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    /// The instruction set kernels use: `CNN_ISA` or [`Isa::force`] if set, else
+    /// [`Isa::best`]. Chosen once per process. An unusable `CNN_ISA` value falls back to
+    /// [`Isa::best`] with a warning on stderr; programs that want it to be an error call
+    /// [`Isa::from_env`] first (as `cnnc` does).
+    pub fn detect() -> Isa {
+        *CHOSEN.get_or_init(|| match Isa::from_env() {
+            Ok(Some(isa)) => isa,
+            Ok(None) => Isa::best(),
+            Err(e) => {
+                eprintln!("warning: CNN_ISA ignored: {e}");
+                Isa::best()
+            }
+        })
+    }
+
+    /// The fastest instruction set this CPU supports.
+    pub fn best() -> Isa {
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.is_available())
+            .unwrap_or(Isa::Portable)
+    }
+
+    /// The instruction set named by the `CNN_ISA` environment variable, if it is set and not
+    /// empty; an error if it names an unknown ISA or one this CPU lacks.
+    pub fn from_env() -> Result<Option<Isa>, IsaError> {
+        match std::env::var("CNN_ISA") {
+            Ok(s) if !s.trim().is_empty() => Isa::parse(&s).map(Some),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(s)) => {
+                Err(IsaError::Unknown(s.to_string_lossy().into_owned()))
+            }
+        }
+    }
+
+    /// Parses `avx512`, `avx2` or `portable` (case-insensitive) and checks that the CPU has it.
+    pub fn parse(s: &str) -> Result<Isa, IsaError> {
+        let isa = match s.trim().to_ascii_lowercase().as_str() {
+            "avx512" | "avx-512" => Isa::Avx512,
+            "avx2" => Isa::Avx2,
+            "portable" | "scalar" => Isa::Portable,
+            _ => return Err(IsaError::Unknown(s.to_string())),
+        };
+        if isa.is_available() {
+            Ok(isa)
+        } else {
+            Err(IsaError::Unavailable(isa))
+        }
+    }
+
+    /// Makes every later [`Isa::detect`] return `isa`. Must come before the first kernel call
+    /// (or any other `detect`), unless it asks for the ISA already chosen.
+    pub fn force(isa: Isa) -> Result<(), IsaError> {
+        if !isa.is_available() {
+            return Err(IsaError::Unavailable(isa));
+        }
+        let chosen = *CHOSEN.get_or_init(|| isa);
+        if chosen == isa {
+            Ok(())
+        } else {
+            Err(IsaError::AlreadyChosen(chosen))
+        }
+    }
+
+    /// Lower-case name, as `CNN_ISA` and `--isa` take it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// The available instruction sets, fastest first: what kernel tests iterate over.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
     }
 
     /// Whether this CPU can run kernels built for `self`.

@@ -1,8 +1,11 @@
 //! `nn.MaxPool2d` forward (with argmax) and backward on lane tensors.
 //!
-//! Each (slot, channel) plane is one task. Per output vector the window is walked in order
-//! with the scalar rules applied lane by lane; with AVX-512 as compares and masked moves
-//! (`plane_*_avx512`), elsewhere in plain Rust (`plane_*_portable`, also run by the tests).
+//! Each (slot, channel) plane is one task. Per output slot vector the window is walked in order
+//! with the scalar rules applied lane by lane: as vector compares and selects over the SIMD
+//! layer (`PlaneForward`, `PlaneBackward`, one source for every instruction set; plane
+//! positions are carried as `f32`, exact below 2^24), or lane by lane in plain Rust
+//! (`plane_*_scalar`: the reference the tests compare with, and the path for planes of 2^24
+//! positions or more).
 
 use rayon::prelude::*;
 
@@ -10,6 +13,10 @@ use super::LANES;
 use crate::geom::Pool2dGeom;
 use crate::grad::{check_len, window};
 use crate::kernels::Isa;
+use crate::simd::{Kernel, Simd, dispatch};
+
+/// Plane positions below this are exact as `f32` (the vector kernels' index type).
+const F32_EXACT: usize = 1 << 24;
 
 /// Index of an empty window (all padding): its output is `-inf` and gets no gradient.
 const NO_INDEX: u32 = u32::MAX;
@@ -65,16 +72,11 @@ fn forward_with(
         .zip(indices.par_chunks_mut(ohw * LANES))
         .zip(input.par_chunks(ihw * LANES))
         .for_each(|((out, idx), x)| {
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512 {
-                // SAFETY: avx512f is available for `Isa::Avx512`; the three slices are one
-                // plane each (chunks of the checked lengths), which is what the windows of
-                // `g` index.
-                unsafe { plane_forward_avx512(g, x, out, idx) };
-                return;
+            if ihw < F32_EXACT {
+                dispatch(isa, PlaneForward { g, x, out, idx });
+            } else {
+                plane_forward_scalar(g, x, out, idx);
             }
-            let _ = isa;
-            plane_forward_portable(g, x, out, idx);
         });
 }
 
@@ -86,7 +88,7 @@ fn windows(g: &Pool2dGeom, oh: usize, ow: usize) -> ((usize, usize), (usize, usi
     )
 }
 
-fn plane_forward_portable(g: &Pool2dGeom, x: &[f32], out: &mut [f32], idx: &mut [u32]) {
+fn plane_forward_scalar(g: &Pool2dGeom, x: &[f32], out: &mut [f32], idx: &mut [u32]) {
     for oh in 0..g.out_h {
         for ow in 0..g.out_w {
             let ((h0, h1), (w0, w1)) = windows(g, oh, ow);
@@ -116,48 +118,60 @@ fn plane_forward_portable(g: &Pool2dGeom, x: &[f32], out: &mut [f32], idx: &mut 
     }
 }
 
-/// [`plane_forward_portable`] with AVX-512 compares and masked moves.
-///
-/// # Safety
-/// avx512f must be available; `x` is one `[H][W][16]` plane of `g`, `out` and `idx` one
-/// `[H_out][W_out][16]` plane.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn plane_forward_avx512(g: &Pool2dGeom, x: &[f32], out: &mut [f32], idx: &mut [u32]) {
-    use std::arch::x86_64::{
-        _CMP_GT_OQ, _CMP_UNORD_Q, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_mask_mov_epi32,
-        _mm512_mask_mov_ps, _mm512_set1_epi32, _mm512_set1_ps, _mm512_storeu_ps,
-        _mm512_storeu_si512,
-    };
-    assert!(x.len() == g.in_h * g.in_w * LANES);
-    assert!(out.len() == g.out_h * g.out_w * LANES && idx.len() == out.len());
-    for oh in 0..g.out_h {
-        for ow in 0..g.out_w {
-            let ((h0, h1), (w0, w1)) = windows(g, oh, ow);
-            let mut best = _mm512_set1_ps(f32::NEG_INFINITY);
-            let first = if h0 < h1 && w0 < w1 {
-                (h0 * g.in_w + w0) as u32
-            } else {
-                NO_INDEX
-            };
-            let mut arg = _mm512_set1_epi32(first as i32);
-            for ih in (h0..h1).step_by(g.dilation_h) {
-                for iw in (w0..w1).step_by(g.dilation_w) {
-                    let pos = ih * g.in_w + iw;
-                    // SAFETY: `window` keeps (ih, iw) inside the plane, so vector `pos` is
-                    // inside `x` (asserted length).
-                    let v = unsafe { _mm512_loadu_ps(x.as_ptr().add(pos * LANES)) };
-                    let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, best)
-                        | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-                    best = _mm512_mask_mov_ps(best, take, v);
-                    arg = _mm512_mask_mov_epi32(arg, take, _mm512_set1_epi32(pos as i32));
+/// [`plane_forward_scalar`] as vector compares and selects, for planes of fewer than 2^24
+/// positions; `x` is one `[H][W][16]` plane of `g`, `out` and `idx` one `[H_out][W_out][16]`
+/// plane.
+struct PlaneForward<'a> {
+    g: &'a Pool2dGeom,
+    x: &'a [f32],
+    out: &'a mut [f32],
+    idx: &'a mut [u32],
+}
+
+impl Kernel for PlaneForward<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let Self { g, x, out, idx } = self;
+        assert!(x.len() == g.in_h * g.in_w * LANES && x.len() / LANES < F32_EXACT);
+        assert!(out.len() == g.out_h * g.out_w * LANES && idx.len() == out.len());
+        let mut arg_f = [0.0f32; LANES];
+        for oh in 0..g.out_h {
+            for ow in 0..g.out_w {
+                let ((h0, h1), (w0, w1)) = windows(g, oh, ow);
+                let o = (oh * g.out_w + ow) * LANES;
+                for h in (0..LANES).step_by(S::LANES) {
+                    let mut best = s.splat(f32::NEG_INFINITY);
+                    let mut arg = s.splat(-1.0);
+                    for ih in (h0..h1).step_by(g.dilation_h) {
+                        for iw in (w0..w1).step_by(g.dilation_w) {
+                            let pos = ih * g.in_w + iw;
+                            // SAFETY: `window` keeps (ih, iw) inside the plane, so the slot
+                            // vector `pos` is inside `x` (asserted length).
+                            let v = unsafe { s.load(x.as_ptr().add(pos * LANES + h)) };
+                            let take = s.or(s.gt(v, best), s.is_nan(v));
+                            best = s.select(take, v, best);
+                            arg = s.select(take, s.splat(pos as f32), arg);
+                        }
+                    }
+                    // SAFETY: output vector (oh, ow) is inside `out` (asserted length);
+                    // `h + S::LANES <= 16` fits `arg_f`.
+                    unsafe {
+                        s.store(out.as_mut_ptr().add(o + h), best);
+                        s.store(arg_f.as_mut_ptr().add(h), arg);
+                    }
                 }
-            }
-            let o = (oh * g.out_w + ow) * LANES;
-            // SAFETY: output vector (oh, ow) is inside `out` and `idx` (asserted lengths).
-            unsafe {
-                _mm512_storeu_ps(out.as_mut_ptr().add(o), best);
-                _mm512_storeu_si512(idx.as_mut_ptr().add(o).cast(), arg);
+                // The first maximum in window order wins; with no strict winner (all −∞),
+                // the window's first position, and no position for an empty window.
+                let first = if h0 < h1 && w0 < w1 {
+                    (h0 * g.in_w + w0) as u32
+                } else {
+                    NO_INDEX
+                };
+                for (d, &a) in idx[o..o + LANES].iter_mut().zip(&arg_f) {
+                    *d = if a < 0.0 { first } else { a as u32 };
+                }
             }
         }
     }
@@ -217,20 +231,15 @@ fn backward_with(
             let idx = &indices[p * ohw * LANES..][..ohw * LANES];
             let dy = &d_out[p * ohw * LANES..][..ohw * LANES];
             let y = relu_out.map(|y| &y[p * ohw * LANES..][..ohw * LANES]);
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512 {
-                // SAFETY: avx512f is available for `Isa::Avx512`; `idx`, `dy` and `y` are one
-                // output plane each and `dx` one input plane of `g`; the saved indices are
-                // plane positions (or NO_INDEX, which matches no position).
-                unsafe { plane_backward_avx512(g, idx, y, dy, dx) };
-                return;
+            if ihw < F32_EXACT {
+                dispatch(isa, PlaneBackward { g, idx, y, dy, dx });
+            } else {
+                plane_backward_scalar(idx, y, dy, dx);
             }
-            let _ = isa;
-            plane_backward_portable(idx, y, dy, dx);
         });
 }
 
-fn plane_backward_portable(idx: &[u32], y: Option<&[f32]>, dy: &[f32], dx: &mut [f32]) {
+fn plane_backward_scalar(idx: &[u32], y: Option<&[f32]>, dy: &[f32], dx: &mut [f32]) {
     for (o, (iv, dv)) in idx
         .chunks_exact(LANES)
         .zip(dy.chunks_exact(LANES))
@@ -250,64 +259,60 @@ fn plane_backward_portable(idx: &[u32], y: Option<&[f32]>, dy: &[f32], dx: &mut 
     }
 }
 
-/// [`plane_backward_portable`] as masked adds: per output vector, each window position adds
-/// the lanes whose saved argmax it is.
-///
-/// # Safety
-/// avx512f must be available; `idx`, `dy` (and `y`) are one `[H_out][W_out][16]` plane of `g`,
-/// `dx` one `[H][W][16]` plane.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn plane_backward_avx512(
-    g: &Pool2dGeom,
-    idx: &[u32],
-    y: Option<&[f32]>,
-    dy: &[f32],
-    dx: &mut [f32],
-) {
-    use std::arch::x86_64::{
-        _CMP_GT_OQ, _mm512_cmp_ps_mask, _mm512_cmpeq_epi32_mask, _mm512_loadu_ps,
-        _mm512_loadu_si512, _mm512_mask_add_ps, _mm512_maskz_mov_ps, _mm512_set1_epi32,
-        _mm512_setzero_ps, _mm512_storeu_ps,
-    };
-    let ohw = g.out_h * g.out_w;
-    assert!(idx.len() == ohw * LANES && dy.len() == idx.len());
-    assert!(y.is_none_or(|y| y.len() == idx.len()));
-    assert!(dx.len() == g.in_h * g.in_w * LANES);
-    for oh in 0..g.out_h {
-        for ow in 0..g.out_w {
-            let ((h0, h1), (w0, w1)) = windows(g, oh, ow);
-            let o = (oh * g.out_w + ow) * LANES;
-            // SAFETY: output vector (oh, ow) is inside `idx`, `dy` and `y` (asserted).
-            let (iv, mut dv) = unsafe {
-                (
-                    _mm512_loadu_si512(idx.as_ptr().add(o).cast()),
-                    _mm512_loadu_ps(dy.as_ptr().add(o)),
-                )
-            };
-            if let Some(y) = y {
-                // SAFETY: as above.
-                let yv = unsafe { _mm512_loadu_ps(y.as_ptr().add(o)) };
-                dv = _mm512_maskz_mov_ps(
-                    _mm512_cmp_ps_mask::<_CMP_GT_OQ>(yv, _mm512_setzero_ps()),
-                    dv,
-                );
-            }
-            for ih in (h0..h1).step_by(g.dilation_h) {
-                for iw in (w0..w1).step_by(g.dilation_w) {
-                    let pos = ih * g.in_w + iw;
-                    let hit = _mm512_cmpeq_epi32_mask(iv, _mm512_set1_epi32(pos as i32));
-                    if hit == 0 {
-                        continue;
+/// [`plane_backward_scalar`] as vector selects and adds, for planes of fewer than 2^24
+/// positions: per output vector, each window position adds the lanes whose saved argmax it
+/// is. `idx`, `dy` (and `y`) are one `[H_out][W_out][16]` plane of `g`, `dx` one `[H][W][16]`
+/// plane.
+struct PlaneBackward<'a> {
+    g: &'a Pool2dGeom,
+    idx: &'a [u32],
+    y: Option<&'a [f32]>,
+    dy: &'a [f32],
+    dx: &'a mut [f32],
+}
+
+impl Kernel for PlaneBackward<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let Self { g, idx, y, dy, dx } = self;
+        let ohw = g.out_h * g.out_w;
+        assert!(idx.len() == ohw * LANES && dy.len() == idx.len());
+        assert!(y.is_none_or(|y| y.len() == idx.len()));
+        assert!(dx.len() == g.in_h * g.in_w * LANES && dx.len() / LANES < F32_EXACT);
+        let zero = s.zero();
+        let mut idx_f = [0.0f32; LANES];
+        for oh in 0..g.out_h {
+            for ow in 0..g.out_w {
+                let ((h0, h1), (w0, w1)) = windows(g, oh, ow);
+                let o = (oh * g.out_w + ow) * LANES;
+                // NO_INDEX becomes 2^32, which matches no position below 2^24.
+                for (d, &i) in idx_f.iter_mut().zip(&idx[o..o + LANES]) {
+                    *d = i as f32;
+                }
+                for h in (0..LANES).step_by(S::LANES) {
+                    // SAFETY: output vector (oh, ow) is inside `dy` and `y` (asserted), and
+                    // `h + S::LANES <= 16` inside `idx_f`.
+                    let (iv, mut dv) =
+                        unsafe { (s.load(idx_f.as_ptr().add(h)), s.load(dy.as_ptr().add(o + h))) };
+                    if let Some(y) = y {
+                        // SAFETY: as above. `> 0` is false for NaN: PyTorch's
+                        // threshold_backward test.
+                        let yv = unsafe { s.load(y.as_ptr().add(o + h)) };
+                        dv = s.select(s.gt(yv, zero), dv, zero);
                     }
-                    // SAFETY: `window` keeps (ih, iw) inside the plane: vector `pos` is inside
-                    // `dx` (asserted length).
-                    unsafe {
-                        let p = dx.as_mut_ptr().add(pos * LANES);
-                        _mm512_storeu_ps(
-                            p,
-                            _mm512_mask_add_ps(_mm512_loadu_ps(p), hit, _mm512_loadu_ps(p), dv),
-                        );
+                    for ih in (h0..h1).step_by(g.dilation_h) {
+                        for iw in (w0..w1).step_by(g.dilation_w) {
+                            let pos = ih * g.in_w + iw;
+                            let add = s.select(s.eq(iv, s.splat(pos as f32)), dv, zero);
+                            // SAFETY: `window` keeps (ih, iw) inside the plane: the slot
+                            // vector `pos` is inside `dx` (asserted length).
+                            unsafe {
+                                let p = dx.as_mut_ptr().add(pos * LANES + h);
+                                s.store(p, s.add(s.load(p), add));
+                            }
+                        }
                     }
                 }
             }
@@ -379,20 +384,23 @@ mod tests {
             v
         };
         let (xl, dyl) = (lanes(&x, g.in_len()), lanes(&dy, g.out_len()));
-        let mut yl = vec![f32::NAN; dyl.len()];
-        let mut il = vec![7; dyl.len()];
-        max_pool2d_lanes_forward(&g, slots, &xl, &mut yl, &mut il);
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&images(&yl, g.out_len())), bits(&y), "{g:?} forward");
-        for relu in [false, true] {
-            let mut dxl = vec![f32::NAN; xl.len()];
-            max_pool2d_lanes_backward(&g, slots, &il, relu.then_some(&yl[..]), &dyl, &mut dxl);
-            let want = if relu { &dx_relu } else { &dx };
-            assert_eq!(
-                bits(&images(&dxl, g.in_len())),
-                bits(want),
-                "{g:?} relu {relu}"
-            );
+        for isa in Isa::available() {
+            let mut yl = vec![f32::NAN; dyl.len()];
+            let mut il = vec![7; dyl.len()];
+            forward_with(&g, slots, &xl, &mut yl, &mut il, isa);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&images(&yl, g.out_len())), bits(&y), "{isa:?} {g:?} forward");
+            for relu in [false, true] {
+                let mut dxl = vec![f32::NAN; xl.len()];
+                let y = relu.then_some(&yl[..]);
+                backward_with(&g, slots, &il, y, &dyl, &mut dxl, isa);
+                let want = if relu { &dx_relu } else { &dx };
+                assert_eq!(
+                    bits(&images(&dxl, g.in_len())),
+                    bits(want),
+                    "{isa:?} {g:?} relu {relu}"
+                );
+            }
         }
     }
 

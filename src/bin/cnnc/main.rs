@@ -195,11 +195,20 @@ enum Command {
         /// both and their ratio.
         #[arg(long, requires = "train")]
         compare_lanes: bool,
+        /// Instruction set of the kernels: avx512, avx2 or portable (default: the best this
+        /// CPU has, or the `CNN_ISA` environment variable). One the CPU lacks is refused.
+        #[arg(long, value_name = "ISA")]
+        isa: Option<String>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A bad CNN_ISA is a usage error here, not a silent fallback to the best ISA.
+    if let Err(e) = cnn::runtime::kernels::Isa::from_env() {
+        eprintln!("error: CNN_ISA: {e}");
+        return ExitCode::from(2);
+    }
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
@@ -318,10 +327,18 @@ fn main() -> ExitCode {
             train,
             optimizer,
             compare_lanes,
+            isa,
         } => {
             if batch == 0 {
                 eprintln!("error: --batch must be at least 1");
                 return ExitCode::from(2);
+            }
+            if let Some(name) = isa {
+                use cnn::runtime::kernels::Isa;
+                if let Err(e) = Isa::parse(&name).and_then(Isa::force) {
+                    eprintln!("error: --isa {name}: {e}");
+                    return ExitCode::from(2);
+                }
             }
             run_cmds::bench(
                 run_cmds::BenchArgs {

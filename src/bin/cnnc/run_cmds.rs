@@ -338,10 +338,11 @@ fn bench_inner(a: &BenchArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
     }
     if !a.json {
         println!(
-            "{}: batch {}, {} thread(s), {:.2} MFLOP per image",
+            "{}: batch {}, {} thread(s), {} kernels, {:.2} MFLOP per image",
             p.name,
             a.batch,
             threads,
+            cnn::runtime::kernels::Isa::detect().name(),
             2.0 * model.macs() as f64 / 1e6
         );
     }
@@ -353,7 +354,7 @@ fn bench_inner(a: &BenchArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::json!({
-                    "path": path, "batch": a.batch, "threads": threads, "images_per_s": ips,
+                    "path": path, "batch": a.batch, "threads": threads, "isa": cnn::runtime::kernels::Isa::detect().name(), "images_per_s": ips,
                     "latency_us_p50": t.pct(0.5) * 1e6, "latency_us_p99": t.pct(0.99) * 1e6, "gflops": gflops,
                     "iterations": t.lat.len(),
                 })
@@ -393,7 +394,7 @@ fn bench_inner(a: &BenchArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
             if a.json {
                 println!(
                     "{}",
-                    serde_json::json!({"path": "plan-step", "step": path, "batch": a.batch, "threads": threads, "us": s * 1e6, "gflops": gf})
+                    serde_json::json!({"path": "plan-step", "step": path, "batch": a.batch, "threads": threads, "isa": cnn::runtime::kernels::Isa::detect().name(), "us": s * 1e6, "gflops": gf})
                 );
             } else {
                 println!("    {path:<18} {:>9.1} µs  {:>7.1} GFLOP/s", s * 1e6, gf);
@@ -440,14 +441,17 @@ fn bench_train(
     if a.json {
         println!(
             "{}",
-            serde_json::json!({"path": "train", "optimizer": opt_name, "batch": a.batch, "threads": threads, "images_per_s": ips,
+            serde_json::json!({"path": "train", "optimizer": opt_name, "batch": a.batch, "threads": threads, "isa": cnn::runtime::kernels::Isa::detect().name(), "images_per_s": ips,
                 "latency_us_p50": timing.pct(0.5) * 1e6, "latency_us_p99": timing.pct(0.99) * 1e6, "gflops": gflops,
                 "iterations": timing.lat.len(), "memory_mib": t.memory_bytes() as f64 / (1u64 << 20) as f64})
         );
     } else {
         println!(
-            "{}: training step (forward, backward, {opt_name}), batch {}, {} thread(s)",
-            p.name, a.batch, threads
+            "{}: training step (forward, backward, {opt_name}), batch {}, {} thread(s), {} kernels",
+            p.name,
+            a.batch,
+            threads,
+            cnn::runtime::kernels::Isa::detect().name()
         );
         println!(
             "  {:<12} {ips:>10.0} images/s   p50 {:>9.1} µs   p99 {:>9.1} µs   {gflops:>6.1} GFLOP/s (3× forward)   ({} runs, {:.1} MiB of buffers)",
@@ -506,7 +510,7 @@ fn bench_lanes(
         ] {
             println!(
                 "{}",
-                serde_json::json!({"path": path, "optimizer": opt_name, "batch": a.batch, "threads": t.threads(),
+                serde_json::json!({"path": path, "optimizer": opt_name, "batch": a.batch, "threads": t.threads(), "isa": cnn::runtime::kernels::Isa::detect().name(),
                     "images_per_s": a.batch as f64 / m, "gflops": 3.0 * flops / m / 1e9, "iterations": n})
             );
         }
