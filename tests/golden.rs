@@ -35,12 +35,24 @@ fn seed_logits_match_numpy_reference_for_1_and_2_threads() {
     let x = io::read_npy(&root().join("tests/golden/seed_input.npy")).unwrap();
     let want = io::read_npy(&root().join("tests/golden/seed_logits.npy")).unwrap();
     assert_eq!(x.shape(), [32, 1, 28, 28]);
-    for threads in [1, 2] {
+    // Batch 32 runs the conv stack on lane tensors (two slots of 16) unless turned off.
+    for (threads, lanes) in [(1, true), (2, true), (1, false), (2, false)] {
         let mut exec = Executor::new(p.clone(), w.clone(), threads).unwrap();
+        exec.set_lanes(lanes);
+        assert_eq!(exec.uses_lanes(32), lanes);
         let got = exec.forward_array(x.view()).unwrap();
         assert_eq!(got.shape(), [32, 10]);
         let diff = max_abs_diff(got.as_slice().unwrap(), want.as_slice().unwrap());
-        assert!(diff <= 1e-5, "threads {threads}: max |Δ| = {diff}");
+        assert!(
+            diff <= 1e-5,
+            "threads {threads} lanes {lanes}: max |Δ| = {diff}"
+        );
+        // A batch that fills its last slot only in part (20 of 32 lanes) on the lane path.
+        let part = exec
+            .forward(&x.as_slice().unwrap()[..784 * 20], 20)
+            .unwrap()
+            .to_vec();
+        assert!(max_abs_diff(&part, &want.as_slice().unwrap()[..200]) <= 1e-5);
         // Batch 1 gives the same numbers as a batch of 32.
         let one = exec
             .forward(&x.as_slice().unwrap()[784 * 5..784 * 6], 1)

@@ -39,14 +39,16 @@ fn forward_does_not_allocate_after_the_first_call() {
     ))
     .unwrap();
     let model = compile_source(&mut SourceMap::new(), "seed.yaml", &text).unwrap();
-    let input = vec![0.5f32; 8 * 784];
+    let input = vec![0.5f32; 32 * 784];
     for threads in [1, 2] {
         let mut exec = Executor::with_init(plan(&model), 1, threads).unwrap();
-        exec.forward(&input, 8).unwrap();
-        exec.forward(&input, 8).unwrap();
+        exec.forward(&input, 32).unwrap();
+        exec.forward(&input, 32).unwrap();
+        assert!(exec.uses_lanes(32));
         let before = ALLOCS.load(Ordering::SeqCst);
         for _ in 0..5 {
-            exec.forward(&input, 8).unwrap();
+            exec.forward(&input, 32).unwrap();
+            exec.forward(&input[..8 * 784], 8).unwrap();
             exec.forward(&input[..784], 1).unwrap();
         }
         let n = ALLOCS.load(Ordering::SeqCst) - before;

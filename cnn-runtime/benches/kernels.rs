@@ -6,6 +6,11 @@
 //!
 //!     cargo bench -p cnn-runtime --bench kernels
 //!     cargo bench -p cnn-runtime --bench kernels -- 'conv3'   # one layer
+//!     CNN_ISA=avx2 cargo bench -p cnn-runtime --bench kernels -- 'lanes'   # lane vs pixel conv
+//!
+//! `lanes/*` times each seed convolution at batch 64 both ways: the pixel-vector kernel
+//! (`PackedConv`, inference) and the lane kernel (`conv2d_lanes`, 16 images per slot, the
+//! training path), with `CNN_ISA` choosing the instruction set of both.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -164,6 +169,50 @@ fn layers(c: &mut Criterion) {
     group.finish();
 }
 
+fn lanes(c: &mut Criterion) {
+    use cnn_runtime::lanes::{LANES, conv2d_lanes, conv2d_lanes_scratch_len};
+    let s = seed();
+    let mut group = c.benchmark_group("lanes");
+    group
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    let batch = 64;
+    for (threads, pool) in pools() {
+        for (name, conv, w, b) in &s.convs {
+            let g = *conv.geom();
+            group.throughput(Throughput::Elements(conv_flops(&g) * batch as u64));
+            let x = values(batch * g.in_len(), 3);
+            let mut y = vec![0.0; batch * g.out_len()];
+            let mut scratch = vec![0.0; conv.scratch_len(batch, threads)];
+            group.bench_function(format!("{name}/pixel/t{threads}"), |bn| {
+                pool.install(|| bn.iter(|| conv.run(batch, black_box(&x), &mut y, &mut scratch)))
+            });
+            let slots = batch / LANES;
+            let xl = values(slots * g.in_len() * LANES, 3);
+            let mut yl = vec![0.0; slots * g.out_len() * LANES];
+            let mut scratch = vec![0.0; conv2d_lanes_scratch_len(&g)];
+            group.bench_function(format!("{name}/lanes/t{threads}"), |bn| {
+                pool.install(|| {
+                    bn.iter(|| {
+                        conv2d_lanes(
+                            &g,
+                            slots,
+                            black_box(&xl),
+                            w,
+                            Some(b),
+                            Activation::Relu,
+                            &mut yl,
+                            &mut scratch,
+                        )
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn reference_layers(c: &mut Criterion) {
     let s = seed();
     let mut group = c.benchmark_group("reference");
@@ -279,5 +328,5 @@ fn general(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward, layers, reference_layers, general);
+criterion_group!(benches, forward, layers, lanes, reference_layers, general);
 criterion_main!(benches);

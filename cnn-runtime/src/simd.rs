@@ -552,7 +552,8 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.75) - 2.0).collect();
             let c: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
             // SAFETY: each vector has LANES floats.
-            let (va, vb, vc) = unsafe { (s.load(a.as_ptr()), s.load(b.as_ptr()), s.load(c.as_ptr())) };
+            let (va, vb, vc) =
+                unsafe { (s.load(a.as_ptr()), s.load(b.as_ptr()), s.load(c.as_ptr())) };
             let get = |v: S::V| {
                 let mut o = vec![0.0f32; n];
                 // SAFETY: `o` has LANES floats.
@@ -562,11 +563,17 @@ mod tests {
             let same = |x: f32, y: f32| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan());
             for i in 0..n {
                 let (x, y, z) = (a[i], b[i], c[i]);
-                assert!(same(get(s.fmadd(va, vb, vc))[i], x.mul_add(y, z)) || (get(s.fmadd(va, vb, vc))[i] - (x * y + z)).abs() < 1e-5);
+                assert!(
+                    same(get(s.fmadd(va, vb, vc))[i], x.mul_add(y, z))
+                        || (get(s.fmadd(va, vb, vc))[i] - (x * y + z)).abs() < 1e-5
+                );
                 assert!(same(get(s.add(va, vb))[i], x + y));
                 assert!(same(get(s.sub(va, vb))[i], x - y));
                 assert!(same(get(s.mul(va, vb))[i], x * y));
-                assert!(same(get(s.max(va, vb))[i], if x > y { x } else { y }), "max lane {i}");
+                assert!(
+                    same(get(s.max(va, vb))[i], if x > y { x } else { y }),
+                    "max lane {i}"
+                );
                 let pick = |m: S::M| get(s.select(m, s.splat(1.0), s.zero()))[i] == 1.0;
                 assert_eq!(pick(s.gt(va, vb)), x > y);
                 assert_eq!(pick(s.lt(va, vb)), x < y);

@@ -728,7 +728,10 @@ pub fn conv2d_backward_lanes(
 }
 
 /// [`conv2d_backward_lanes`] with the instruction set chosen by the caller (tests run each).
-#[expect(clippy::too_many_arguments, reason = "the operands of conv2d_backward and the ISA")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the operands of conv2d_backward and the ISA"
+)]
 pub(crate) fn conv2d_backward_lanes_with(
     isa: Isa,
     g: &Conv2dGeom,

@@ -148,7 +148,10 @@ pub fn conv2d_lanes(
 }
 
 /// [`conv2d_lanes`] with the instruction set chosen by the caller (tests run every one).
-#[expect(clippy::too_many_arguments, reason = "conv2d_act's operands and the ISA")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "conv2d_act's operands and the ISA"
+)]
 pub(crate) fn conv2d_lanes_with(
     isa: Isa,
     g: &Conv2dGeom,
@@ -289,8 +292,8 @@ impl Unit<'_> {
         let g = self.g;
         let (cin, cout) = (g.in_channels / g.groups, g.out_channels / g.groups);
         let kk = g.kernel_h * g.kernel_w;
-        let wblk = &self.packed[(self.grp * blocks(g, R) + self.block) * kk * cin * R..]
-            [..kk * cin * R];
+        let wblk =
+            &self.packed[(self.grp * blocks(g, R) + self.block) * kk * cin * R..][..kk * cin * R];
         let iy0 = (self.y * g.stride_h) as isize - g.pad_top as isize;
         // Kernel rows whose input row iy0 + kh·dh exists.
         let kh = valid_range(g.kernel_h, g.dilation_h, 0, -iy0, g.in_h);
@@ -324,7 +327,10 @@ impl Unit<'_> {
                     + (g.in_w - 1) * LANES
                     + (cin - 1) * taps.cs
                     + LANES;
-                assert!(last <= self.xs.len(), "conv2d_lanes: input read out of bounds");
+                assert!(
+                    last <= self.xs.len(),
+                    "conv2d_lanes: input read out of bounds"
+                );
                 let wb = &wblk[kh.0 * g.kernel_w * cin * R..];
                 let xb = &self.xs[start..];
                 // SAFETY: every vector `tile` reads is at or before `last` (it reads only real
@@ -450,8 +456,7 @@ unsafe fn tile<S: Simd, const R: usize, const TM: usize, const NV: usize, const 
                         }
                         for h in 0..NV {
                             // SAFETY: pixel tt's column is real; in bounds by the caller.
-                            let xv =
-                                unsafe { s.load(xq.wrapping_add(tt * ts + h * S::LANES)) };
+                            let xv = unsafe { s.load(xq.wrapping_add(tt * ts + h * S::LANES)) };
                             for r in 0..R {
                                 a[r][tt][h] = s.fmadd(wv[r], xv, a[r][tt][h]);
                             }
@@ -513,7 +518,12 @@ mod tests {
                 });
                 let mut got = vec![f32::NAN; batch * g.out_len()];
                 from_lanes(batch, g.out_len(), &yl, &mut got);
-                assert_close(&got, &want, k, &format!("{isa:?} {g:?} batch {batch} {act:?}"));
+                assert_close(
+                    &got,
+                    &want,
+                    k,
+                    &format!("{isa:?} {g:?} batch {batch} {act:?}"),
+                );
                 assert!(yl.iter().all(|v| !v.is_nan()), "every lane written");
             }
         }

@@ -294,8 +294,12 @@ impl Kernel for PlaneBackward<'_> {
                 for h in (0..LANES).step_by(S::LANES) {
                     // SAFETY: output vector (oh, ow) is inside `dy` and `y` (asserted), and
                     // `h + S::LANES <= 16` inside `idx_f`.
-                    let (iv, mut dv) =
-                        unsafe { (s.load(idx_f.as_ptr().add(h)), s.load(dy.as_ptr().add(o + h))) };
+                    let (iv, mut dv) = unsafe {
+                        (
+                            s.load(idx_f.as_ptr().add(h)),
+                            s.load(dy.as_ptr().add(o + h)),
+                        )
+                    };
                     if let Some(y) = y {
                         // SAFETY: as above. `> 0` is false for NaN: PyTorch's
                         // threshold_backward test.
@@ -389,7 +393,11 @@ mod tests {
             let mut il = vec![7; dyl.len()];
             forward_with(&g, slots, &xl, &mut yl, &mut il, isa);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&images(&yl, g.out_len())), bits(&y), "{isa:?} {g:?} forward");
+            assert_eq!(
+                bits(&images(&yl, g.out_len())),
+                bits(&y),
+                "{isa:?} {g:?} forward"
+            );
             for relu in [false, true] {
                 let mut dxl = vec![f32::NAN; xl.len()];
                 let y = relu.then_some(&yl[..]);
