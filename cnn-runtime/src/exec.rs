@@ -120,9 +120,8 @@ pub struct Executor {
     lane_end: usize,
     /// Whether batches that fill their slots use the lane path ([`Executor::set_lanes`]).
     lanes_on: bool,
-    /// The two lane buffers of the lane prefix, and the max pools' argmax scratch.
+    /// The two lane buffers of the lane prefix.
     lane_bufs: [AlignedBuf; 2],
-    lane_idx: Vec<u32>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -194,7 +193,6 @@ impl Executor {
             lane_end,
             lanes_on: true,
             lane_bufs: [AlignedBuf::default(), AlignedBuf::default()],
-            lane_idx: Vec::new(),
         })
     }
 
@@ -265,7 +263,6 @@ impl Executor {
                 .unwrap_or(0);
             self.lane_bufs[0].grow(most * lb);
             self.lane_bufs[1].grow(most * lb);
-            self.lane_idx.resize(most * lb, 0);
             for s in steps {
                 if let Some(g) = Conv2dGeom::from_op(&s.op) {
                     need = need.max(lanes::conv2d_lanes_scratch_len(&g));
@@ -302,14 +299,13 @@ impl Executor {
             scratch,
             pool,
             lane_bufs,
-            lane_idx,
             ..
         } = self;
         pool.install(|| {
             if start > 0 {
                 let mut lr = LaneRun::new(plan, batch, input, lane_bufs);
                 for step in &plan.steps[..start] {
-                    lr.step(plan, weights, step, lane_idx, scratch);
+                    lr.step(plan, weights, step, scratch);
                 }
                 lr.finish(plan, start, bufs);
             }
@@ -349,7 +345,6 @@ impl Executor {
             scratch,
             pool,
             lane_bufs,
-            lane_idx,
             ..
         } = self;
         let mut times = Vec::with_capacity(plan.steps.len());
@@ -360,7 +355,7 @@ impl Executor {
                 let mut lr = LaneRun::new(plan, batch, input, lane_bufs);
                 for (k, step) in plan.steps[..start].iter().enumerate() {
                     let t0 = if k == 0 { t } else { std::time::Instant::now() };
-                    lr.step(plan, weights, step, lane_idx, scratch);
+                    lr.step(plan, weights, step, scratch);
                     if k + 1 == start {
                         lr.finish(plan, start, bufs);
                     }
@@ -461,7 +456,6 @@ impl<'a> LaneRun<'a> {
         plan: &Plan,
         weights: &Weights,
         step: &Step,
-        idx: &mut [u32],
         scratch: &mut [f32],
     ) {
         let slots = self.slots;
@@ -480,7 +474,7 @@ impl<'a> LaneRun<'a> {
             }
             Op::Pool2d { .. } => {
                 let g = Pool2dGeom::from_op(&step.op).expect("lane prefix: pool geometry");
-                lanes::max_pool2d_lanes_forward(&g, slots, src, &mut dst[..out], &mut idx[..out]);
+                lanes::max_pool2d_lanes(&g, slots, src, &mut dst[..out]);
                 self.cur ^= 1;
             }
             Op::Activation { act, .. } => {

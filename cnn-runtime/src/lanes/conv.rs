@@ -45,8 +45,8 @@ struct LaneTile {
 const fn lane_tile(lanes: usize) -> LaneTile {
     match lanes {
         16 => LaneTile { r: 4, tm: 6 },
-        8 => LaneTile { r: 2, tm: 3 },
-        _ => LaneTile { r: 3, tm: 1 },
+        8 => LaneTile { r: 4, tm: 1 },
+        _ => LaneTile { r: 2, tm: 1 },
     }
 }
 
@@ -279,8 +279,8 @@ impl Kernel for Unit<'_> {
     fn run<S: Simd>(self, s: S) {
         match S::LANES {
             16 => self.go::<S, 4, 6, 1>(s),
-            8 => self.go::<S, 2, 3, 2>(s),
-            _ => self.go::<S, 3, 1, 4>(s),
+            8 => self.go::<S, 4, 1, 2>(s),
+            _ => self.go::<S, 2, 1, 4>(s),
         }
     }
 }

@@ -18,7 +18,7 @@ mod pool;
 
 pub(crate) use conv::conv2d_lanes_with;
 pub use conv::{conv2d_lanes, conv2d_lanes_scratch_len, conv2d_lanes_usable};
-pub use pool::{max_pool2d_lanes_backward, max_pool2d_lanes_forward};
+pub use pool::{max_pool2d_lanes, max_pool2d_lanes_backward, max_pool2d_lanes_forward};
 
 use rayon::prelude::*;
 

@@ -38,6 +38,46 @@ pub fn max_pool2d_lanes_forward(
     forward_with(g, slots, input, output, indices, Isa::detect());
 }
 
+/// Max pooling of lane tensors for inference: [`max_pool2d_lanes_forward`] without saving the
+/// argmax.
+///
+/// # Panics
+/// If a slice length disagrees with `g` and `slots`.
+pub fn max_pool2d_lanes(g: &Pool2dGeom, slots: usize, input: &[f32], output: &mut [f32]) {
+    let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
+    check_len(
+        "max_pool2d_lanes input",
+        input.len(),
+        slots * g.in_len() * LANES,
+    );
+    check_len(
+        "max_pool2d_lanes output",
+        output.len(),
+        slots * g.out_len() * LANES,
+    );
+    if ohw == 0 {
+        return;
+    }
+    if ihw == 0 {
+        output.fill(f32::NEG_INFINITY);
+        return;
+    }
+    let isa = Isa::detect();
+    output
+        .par_chunks_mut(ohw * LANES)
+        .zip(input.par_chunks(ihw * LANES))
+        .for_each(|(out, x)| {
+            // Values only: the position bookkeeping is not needed, so no size limit either.
+            let k = PlaneForward {
+                g,
+                x,
+                out,
+                idx: None,
+            };
+            dispatch(isa, k);
+        });
+}
+
 fn forward_with(
     g: &Pool2dGeom,
     slots: usize,
@@ -73,7 +113,15 @@ fn forward_with(
         .zip(input.par_chunks(ihw * LANES))
         .for_each(|((out, idx), x)| {
             if ihw < F32_EXACT {
-                dispatch(isa, PlaneForward { g, x, out, idx });
+                dispatch(
+                    isa,
+                    PlaneForward {
+                        g,
+                        x,
+                        out,
+                        idx: Some(idx),
+                    },
+                );
             } else {
                 plane_forward_scalar(g, x, out, idx);
             }
@@ -119,13 +167,13 @@ fn plane_forward_scalar(g: &Pool2dGeom, x: &[f32], out: &mut [f32], idx: &mut [u
 }
 
 /// [`plane_forward_scalar`] as vector compares and selects, for planes of fewer than 2^24
-/// positions; `x` is one `[H][W][16]` plane of `g`, `out` and `idx` one `[H_out][W_out][16]`
-/// plane.
+/// positions (when it saves them); `x` is one `[H][W][16]` plane of `g`, `out` and `idx` one
+/// `[H_out][W_out][16]` plane.
 struct PlaneForward<'a> {
     g: &'a Pool2dGeom,
     x: &'a [f32],
     out: &'a mut [f32],
-    idx: &'a mut [u32],
+    idx: Option<&'a mut [u32]>,
 }
 
 impl Kernel for PlaneForward<'_> {
@@ -133,9 +181,11 @@ impl Kernel for PlaneForward<'_> {
 
     #[inline(always)]
     fn run<S: Simd>(self, s: S) {
-        let Self { g, x, out, idx } = self;
-        assert!(x.len() == g.in_h * g.in_w * LANES && x.len() / LANES < F32_EXACT);
-        assert!(out.len() == g.out_h * g.out_w * LANES && idx.len() == out.len());
+        let Self { g, x, out, mut idx } = self;
+        assert!(x.len() == g.in_h * g.in_w * LANES);
+        assert!(out.len() == g.out_h * g.out_w * LANES);
+        assert!(idx.as_ref().is_none_or(|i| i.len() == out.len() && x.len() / LANES < F32_EXACT));
+        let with_idx = idx.is_some();
         let mut arg_f = [0.0f32; LANES];
         for oh in 0..g.out_h {
             for ow in 0..g.out_w {
@@ -152,7 +202,9 @@ impl Kernel for PlaneForward<'_> {
                             let v = unsafe { s.load(x.as_ptr().add(pos * LANES + h)) };
                             let take = s.or(s.gt(v, best), s.is_nan(v));
                             best = s.select(take, v, best);
-                            arg = s.select(take, s.splat(pos as f32), arg);
+                            if with_idx {
+                                arg = s.select(take, s.splat(pos as f32), arg);
+                            }
                         }
                     }
                     // SAFETY: output vector (oh, ow) is inside `out` (asserted length);
@@ -169,8 +221,10 @@ impl Kernel for PlaneForward<'_> {
                 } else {
                     NO_INDEX
                 };
-                for (d, &a) in idx[o..o + LANES].iter_mut().zip(&arg_f) {
-                    *d = if a < 0.0 { first } else { a as u32 };
+                if let Some(idx) = idx.as_deref_mut() {
+                    for (d, &a) in idx[o..o + LANES].iter_mut().zip(&arg_f) {
+                        *d = if a < 0.0 { first } else { a as u32 };
+                    }
                 }
             }
         }
