@@ -451,13 +451,7 @@ impl<'a> LaneRun<'a> {
     }
 
     /// Runs one step of the lane prefix.
-    fn step(
-        &mut self,
-        plan: &Plan,
-        weights: &Weights,
-        step: &Step,
-        scratch: &mut [f32],
-    ) {
+    fn step(&mut self, plan: &Plan, weights: &Weights, step: &Step, scratch: &mut [f32]) {
         let slots = self.slots;
         let [b0, b1] = &mut *self.bufs;
         let (src, dst) = if self.cur == 0 { (b0, b1) } else { (b1, b0) };

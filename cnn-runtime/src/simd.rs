@@ -48,6 +48,20 @@ pub trait Simd: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p .. p + LANES` must be writable.
     unsafe fn store(self, p: *mut f32, v: Self::V);
+    /// The mask selecting lane `l` where bit `l` of `bits` is set (bits past `LANES` are
+    /// ignored). Build it once and reuse it: on AVX2 it costs three instructions.
+    fn mask(self, bits: u32) -> Self::M;
+    /// Loads the lanes `l` set in `m` from `p + l`, zero in the others; masked-off lanes are
+    /// not accessed.
+    ///
+    /// # Safety
+    /// `p + l` must be readable for every lane set in `m`.
+    unsafe fn load_mask(self, p: *const f32, m: Self::M) -> Self::V;
+    /// Stores the lanes set in `m` to `p + l`; the others are not accessed.
+    ///
+    /// # Safety
+    /// `p + l` must be writable for every lane set in `m`.
+    unsafe fn store_mask(self, p: *mut f32, m: Self::M, v: Self::V);
     /// `a · b + c` (fused where the ISA has FMA).
     fn fmadd(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `a + b`.
@@ -161,6 +175,30 @@ impl Simd for Portable {
     unsafe fn store(self, p: *mut f32, v: [f32; 4]) {
         // SAFETY: the caller guarantees 4 writable floats.
         unsafe { p.cast::<[f32; 4]>().write_unaligned(v) }
+    }
+    #[inline(always)]
+    fn mask(self, bits: u32) -> [bool; 4] {
+        [bits & 1 != 0, bits & 2 != 0, bits & 4 != 0, bits & 8 != 0]
+    }
+    #[inline(always)]
+    unsafe fn load_mask(self, p: *const f32, m: [bool; 4]) -> [f32; 4] {
+        let mut r = [0.0f32; 4];
+        for (l, v) in r.iter_mut().enumerate() {
+            if m[l] {
+                // SAFETY: lane l is set, so `p + l` is readable (caller).
+                *v = unsafe { *p.add(l) };
+            }
+        }
+        r
+    }
+    #[inline(always)]
+    unsafe fn store_mask(self, p: *mut f32, m: [bool; 4], v: [f32; 4]) {
+        for (l, &x) in v.iter().enumerate() {
+            if m[l] {
+                // SAFETY: lane l is set, so `p + l` is writable (caller).
+                unsafe { *p.add(l) = x };
+            }
+        }
     }
     #[inline(always)]
     fn fmadd(self, a: [f32; 4], b: [f32; 4], c: [f32; 4]) -> [f32; 4] {
@@ -278,6 +316,20 @@ mod x86 {
             unsafe { _mm512_storeu_ps(p, v) }
         }
         #[inline(always)]
+        fn mask(self, bits: u32) -> __mmask16 {
+            bits as u16
+        }
+        #[inline(always)]
+        unsafe fn load_mask(self, p: *const f32, m: __mmask16) -> __m512 {
+            // SAFETY: set lanes are readable (caller); masked-off lanes are not accessed.
+            unsafe { _mm512_maskz_loadu_ps(m, p) }
+        }
+        #[inline(always)]
+        unsafe fn store_mask(self, p: *mut f32, m: __mmask16, v: __m512) {
+            // SAFETY: set lanes are writable (caller); masked-off lanes are not accessed.
+            unsafe { _mm512_mask_storeu_ps(p, m, v) }
+        }
+        #[inline(always)]
         fn fmadd(self, a: __m512, b: __m512, c: __m512) -> __m512 {
             // SAFETY: avx512f is available (token).
             unsafe { _mm512_fmadd_ps(a, b, c) }
@@ -338,6 +390,16 @@ mod x86 {
         }
     }
 
+    /// Bits `0..8` of `m` as an AVX2 lane mask (all ones where the bit is set).
+    #[inline(always)]
+    fn mask8(m: u32) -> __m256i {
+        // SAFETY: only called from `Avx2` methods, whose token proves avx2.
+        unsafe {
+            let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+            _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(m as i32), bits), bits)
+        }
+    }
+
     impl Simd for Avx2 {
         const LANES: usize = 8;
         const REGS: usize = 16;
@@ -363,6 +425,22 @@ mod x86 {
         unsafe fn store(self, p: *mut f32, v: __m256) {
             // SAFETY: 8 writable floats (caller); avx available (token).
             unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        fn mask(self, bits: u32) -> __m256 {
+            // SAFETY: avx2 is available (token).
+            unsafe { _mm256_castsi256_ps(mask8(bits)) }
+        }
+        #[inline(always)]
+        unsafe fn load_mask(self, p: *const f32, m: __m256) -> __m256 {
+            // SAFETY: set lanes are readable (caller); `vmaskmovps` does not access (or fault
+            // on) masked-off lanes.
+            unsafe { _mm256_maskload_ps(p, _mm256_castps_si256(m)) }
+        }
+        #[inline(always)]
+        unsafe fn store_mask(self, p: *mut f32, m: __m256, v: __m256) {
+            // SAFETY: set lanes are writable (caller); masked-off lanes are not accessed.
+            unsafe { _mm256_maskstore_ps(p, _mm256_castps_si256(m), v) }
         }
         #[inline(always)]
         fn fmadd(self, a: __m256, b: __m256, c: __m256) -> __m256 {
@@ -471,6 +549,44 @@ mod neon {
             unsafe { vst1q_f32(p, v) }
         }
         #[inline(always)]
+        fn mask(self, bits: u32) -> uint32x4_t {
+            let b = [bits & 1, bits >> 1 & 1, bits >> 2 & 1, bits >> 3 & 1]
+                .map(|x| 0u32.wrapping_sub(x));
+            // SAFETY: `b` holds 4 u32.
+            unsafe { vld1q_u32(b.as_ptr()) }
+        }
+        #[inline(always)]
+        unsafe fn load_mask(self, p: *const f32, m: uint32x4_t) -> float32x4_t {
+            let mut bits = [0u32; 4];
+            // SAFETY: `bits` holds 4 u32.
+            unsafe { vst1q_u32(bits.as_mut_ptr(), m) };
+            let mut r = [0.0f32; 4];
+            for (l, v) in r.iter_mut().enumerate() {
+                if bits[l] != 0 {
+                    // SAFETY: lane l is set, so `p + l` is readable (caller).
+                    *v = unsafe { *p.add(l) };
+                }
+            }
+            // SAFETY: `r` holds 4 floats.
+            unsafe { vld1q_f32(r.as_ptr()) }
+        }
+        #[inline(always)]
+        unsafe fn store_mask(self, p: *mut f32, m: uint32x4_t, v: float32x4_t) {
+            let mut bits = [0u32; 4];
+            let mut r = [0.0f32; 4];
+            // SAFETY: `bits` and `r` hold 4 elements each.
+            unsafe {
+                vst1q_u32(bits.as_mut_ptr(), m);
+                vst1q_f32(r.as_mut_ptr(), v);
+            }
+            for (l, &x) in r.iter().enumerate() {
+                if bits[l] != 0 {
+                    // SAFETY: lane l is set, so `p + l` is writable (caller).
+                    unsafe { *p.add(l) = x };
+                }
+            }
+        }
+        #[inline(always)]
         fn fmadd(self, a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
             // SAFETY: as above.
             unsafe { vfmaq_f32(c, a, b) }
@@ -577,9 +693,26 @@ mod tests {
                 let pick = |m: S::M| get(s.select(m, s.splat(1.0), s.zero()))[i] == 1.0;
                 assert_eq!(pick(s.gt(va, vb)), x > y);
                 assert_eq!(pick(s.lt(va, vb)), x < y);
-                assert_eq!(pick(s.eq(va, va)), x == x);
+                assert_eq!(pick(s.eq(va, vb)), x == y);
+                assert_eq!(pick(s.eq(va, va)), !x.is_nan());
                 assert_eq!(pick(s.is_nan(va)), x.is_nan());
                 assert_eq!(pick(s.or(s.is_nan(va), s.gt(vb, vc))), x.is_nan() || y > z);
+            }
+            for mask in [0u32, 1, 0b1010_0110_0101_1001, (1 << n) - 1] {
+                let m = mask & ((1u64 << n) - 1) as u32;
+                // SAFETY: every lane of `a` is readable.
+                let v = get(unsafe { s.load_mask(a.as_ptr(), s.mask(m)) });
+                let mut o = vec![7.0f32; n];
+                // SAFETY: every lane of `o` is writable.
+                unsafe { s.store_mask(o.as_mut_ptr(), s.mask(m), s.load(b.as_ptr())) };
+                for i in 0..n {
+                    let on = m >> i & 1 == 1;
+                    assert!(
+                        same(v[i], if on { a[i] } else { 0.0 }),
+                        "load_mask lane {i}"
+                    );
+                    assert_eq!(o[i], if on { b[i] } else { 7.0 }, "store_mask lane {i}");
+                }
             }
             let want: f32 = b.iter().sum();
             assert!((s.reduce_add(vb) - want).abs() < 1e-5);

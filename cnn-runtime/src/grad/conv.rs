@@ -1111,9 +1111,9 @@ impl<const R: usize> crate::simd::Kernel for DwTile<'_, R> {
             let dy = &self.dy[r0 * self.geo.p * LANES..];
             macro_rules! run {
                 ($r:literal, $t:literal) => {{
-                    // SAFETY: `tile_dispatch` checked the loads of rows `0..R` and taps
-                    // `0..nt`; this pass reads rows `r0..r0 + $r` and taps `0..$t` of them.
                     let v: [[f32; $t]; $r] =
+                        // SAFETY: `tile_dispatch` checked the loads of rows `0..R` and taps
+                        // `0..nt`; this pass reads rows `r0..r0 + $r` and taps `0..$t`.
                         unsafe { dw_tile::<S, $r, $t>(s, dy, self.x, self.offs, self.geo) };
                     for (o, v) in out[r0..].iter_mut().zip(&v) {
                         o[..$t].copy_from_slice(v);
@@ -1147,10 +1147,6 @@ impl<const R: usize> crate::simd::Kernel for DwTile<'_, R> {
 /// Every load (`dy[r·P·16 + q·16..][..16]` for `r < R`, `x[(window + offs[t])·16..][..16]` for
 /// `t < T`) must be in bounds.
 #[inline(always)]
-#[expect(
-    clippy::needless_range_loop,
-    reason = "constant-bound index loops over the accumulator grid keep it in registers"
-)]
 unsafe fn dw_tile<S: crate::simd::Simd, const R: usize, const T: usize>(
     s: S,
     dy: &[f32],

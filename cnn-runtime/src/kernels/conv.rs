@@ -20,9 +20,10 @@
 //!
 //! The 16 × 16 tile keeps 16 zmm accumulators; a wider 8 × 32 tile (fewer loads per FMA) was
 //! tried and was no faster at batch 64 and slower at batch 1, where it skips fewer padding
-//! taps. On CPUs with AVX2 + FMA but no AVX-512 the same tile runs in three passes of 6, 6
-//! and 4 output channels over two ymm halves (`tile_avx2`); the portable kernel has the same
-//! structure in plain Rust. All three are tested against the reference.
+//! taps. The microkernel is written once over [`crate::simd`] (`Tile`): with AVX2 + FMA the
+//! same tile runs in three passes of 6, 6 and 4 output channels over two ymm halves, and the
+//! portable build in passes of 2 channels over four 4-float vectors. Every instantiation is
+//! tested against the reference.
 //!
 //! Weights are packed once into `[group][panel][tap][ci][MR]` (zero-padded to `MR` rows), see
 //! [`PackedConv`]. Bias and the activation are applied in the tile's epilogue.
@@ -31,6 +32,7 @@ use rayon::prelude::*;
 
 use super::{Activation, Isa, SendPtr, check_len};
 use crate::geom::Conv2dGeom;
+use crate::simd::{Kernel, Simd};
 
 /// Output channels per tile.
 const MR: usize = 16;
@@ -841,44 +843,80 @@ fn tile(isa: Isa, tin: &TileIn, tout: &TileOut) {
             "conv2d: tile store out of bounds"
         );
     }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            // SAFETY: `Isa::Avx512` is only used after `is_available` confirmed avx512f
-            // (`PackedConv::with_isa` asserts it; `conv2d` uses `Isa::detect`). The tile's
-            // reads and writes are in bounds as documented on `TileIn` / `TileOut`.
-            unsafe {
+    crate::simd::dispatch(isa, Tile { tin, tout });
+}
+
+/// One `MR × NR` tile as a [`Kernel`]: the same source for every instruction set. The 16
+/// pixels are `16 / LANES` vectors; the 16 output channels go in passes of as many rows as the
+/// register file holds next to them (16 × 1 zmm on AVX-512; 6, 6 and 4 rows × 2 ymm on AVX2;
+/// 2 rows × 4 vectors per pass in the portable build).
+///
+/// Safety contract (checked by [`tile`]'s caller): every lane with its mask bit set (all
+/// lanes without masks) addresses an element of `tin.src`; `tin.a` holds `taps · cin · MR`
+/// floats; `tout` describes output elements that only this call writes.
+struct Tile<'a> {
+    tin: &'a TileIn<'a>,
+    tout: &'a TileOut<'a>,
+}
+
+impl Kernel for Tile<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, s: S) {
+        let (tin, tout) = (self.tin, self.tout);
+        macro_rules! rows {
+            ($r:literal, $nv:literal, $r0:expr) => {
                 match (tin.masks.is_some(), tin.cin == 1) {
-                    (true, true) => tile_avx512::<true, true>(tin, tout),
-                    (true, false) => tile_avx512::<true, false>(tin, tout),
-                    (false, true) => tile_avx512::<false, true>(tin, tout),
-                    (false, false) => tile_avx512::<false, false>(tin, tout),
+                    (true, true) => tile_rows::<S, true, true, $r, $nv>(s, tin, tout, $r0),
+                    (true, false) => tile_rows::<S, true, false, $r, $nv>(s, tin, tout, $r0),
+                    (false, true) => tile_rows::<S, false, true, $r, $nv>(s, tin, tout, $r0),
+                    (false, false) => tile_rows::<S, false, false, $r, $nv>(s, tin, tout, $r0),
+                }
+            };
+        }
+        match S::LANES {
+            16 => rows!(16, 1, 0),
+            8 => {
+                // 4 × 2 accumulators, two masks, two B vectors and a broadcast: 13 of the 16
+                // ymm registers. (Passes of 6 rows need 17; LLVM then spilled all
+                // accumulators on every channel iteration.)
+                for r0 in (0..tout.rows).step_by(4) {
+                    rows!(4, 2, r0);
+                }
+            }
+            _ => {
+                for r0 in (0..tout.rows).step_by(2) {
+                    rows!(2, 4, r0);
                 }
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: `Isa::Avx2` is only used after `is_available` confirmed avx2 and fma
-            // (as above). Reads and writes are in bounds as documented on `TileIn` /
-            // `TileOut`.
-            unsafe {
-                if tin.masks.is_some() {
-                    tile_avx2::<true>(tin, tout)
-                } else {
-                    tile_avx2::<false>(tin, tout)
-                }
-            }
-        }
-        _ => tile_portable(tin, tout),
     }
 }
 
-/// Calls `f(mask, a_off, b_off)` for each tap of the tile that reads at least one lane, in
-/// kernel order: `mask` selects the lanes inside the input (all of them when `MASKED` is
-/// false), `a_off` is where the tap's `[ci][MR]` weights start in `tin.a`, and `b_off` the
-/// index in `tin.src` of lane 0 at channel 0. Shared by the three microkernels.
+/// Rows `r0 .. r0 + R` (those below `tout.rows`) of a [`Tile`], with `NV` vectors of
+/// `S::LANES` pixels each (`NV · S::LANES = NR`).
 #[inline(always)]
-fn for_each_tap<const MASKED: bool>(tin: &TileIn, mut f: impl FnMut(u16, usize, isize)) {
+fn tile_rows<S: Simd, const MASKED: bool, const ONE_CI: bool, const R: usize, const NV: usize>(
+    s: S,
+    tin: &TileIn,
+    tout: &TileOut,
+    r0: usize,
+) {
+    assert!(r0 + R <= MR && NV * S::LANES == NR);
+    debug_assert!(!ONE_CI || tin.cin == 1);
+    // A constant trip count for one input channel lets the compiler drop the channel loop
+    // (and the register shuffling around it) in the common first layer.
+    let cin = if ONE_CI { 1 } else { tin.cin };
+    // One flat array (entry `r·NV + h`) rather than `[[V; NV]; R]`: with the nested array
+    // LLVM stored every accumulator to the stack on each channel iteration (AVX2, R = 6).
+    let mut acc = [s.zero(); MR];
+    let a = tin.a.as_ptr();
+    let src = tin.src.as_ptr();
+    assert!(tin.a.len() >= tin.kh * tin.kw * tin.cin * MR);
+    let lane_mask = (1u32 << S::LANES) - 1;
+    // An explicit tap loop rather than `for_each_tap`'s closure: a closure is compiled on its
+    // own, without the caller's target features, and may not be inlined.
     let (rm, cm) = tin.masks.unwrap_or((&[], &[]));
     for kh in 0..tin.kh {
         let rmask = if MASKED {
@@ -895,230 +933,76 @@ fn for_each_tap<const MASKED: bool>(tin: &TileIn, mut f: impl FnMut(u16, usize, 
             } else {
                 u16::MAX
             };
-            if m != 0 {
-                f(
-                    m,
-                    (kh * tin.kw + kw) * tin.cin * MR,
-                    tin.base + kh as isize * tin.khs + kw as isize * tin.kws,
-                );
+            if m == 0 {
+                continue;
             }
-        }
-    }
-}
-
-/// Portable microkernel: same loop structure as the AVX-512 one, in plain Rust.
-fn tile_portable(tin: &TileIn, tout: &TileOut) {
-    let mut acc = [[0.0f32; NR]; MR];
-    let body = |m: u16, a_off: usize, bp: isize| {
-        let ap = &tin.a[a_off..];
-        for ci in 0..tin.cin {
-            let mut bv = [0.0f32; NR];
-            for (l, b) in bv.iter_mut().enumerate() {
-                if m >> l & 1 == 1 {
-                    *b = tin.src[(bp + ci as isize * tin.cs + l as isize) as usize];
+            let a_off = (kh * tin.kw + kw) * tin.cin * MR;
+            let bp = tin.base + kh as isize * tin.khs + kw as isize * tin.kws;
+            let mut mv = [s.mask(0); NV];
+            if MASKED {
+                for (h, mh) in mv.iter_mut().enumerate() {
+                    *mh = s.mask((u32::from(m) >> (h * S::LANES)) & lane_mask);
                 }
             }
-            for (r, row) in acc.iter_mut().enumerate() {
-                let w = ap[ci * MR + r];
-                for l in 0..NR {
-                    row[l] += w * bv[l];
+            // SAFETY: `a_off` starts a tap's `[ci][MR]` block inside `tin.a`, and r0 < MR.
+            let ap = unsafe { a.add(a_off + r0) };
+            for ci in 0..cin {
+                let p = src.wrapping_offset(bp + ci as isize * tin.cs);
+                let mut bv = [s.zero(); NV];
+                for (h, v) in bv.iter_mut().enumerate() {
+                    let ph = p.wrapping_add(h * S::LANES);
+                    // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off
+                    // lanes are not accessed, so `ph` may point outside it); without masks
+                    // every lane does (`Tile`'s contract).
+                    *v = unsafe {
+                        if MASKED {
+                            s.load_mask(ph, mv[h])
+                        } else {
+                            s.load(ph)
+                        }
+                    };
                 }
-            }
-        }
-    };
-    if tin.masks.is_some() {
-        for_each_tap::<true>(tin, body);
-    } else {
-        for_each_tap::<false>(tin, body);
-    }
-    for (r, row) in acc.iter().enumerate().take(tout.rows) {
-        let co = tout.co0 + r;
-        let b = tout.bias.map_or(0.0, |b| b[co]);
-        for &(m, off) in tout.segs {
-            for (l, v) in row.iter().enumerate() {
-                if m >> l & 1 == 1 {
-                    let idx = off + (co * tout.ohw + l) as isize;
-                    // SAFETY: `segs` only sets lanes that map to an output element of this
-                    // tile (`ColVec::locate`), which lies inside the output slice; no other
-                    // worker writes it (`Work::run`).
-                    unsafe { tout.out.0.offset(idx).write(tout.act.apply(v + b)) };
+                // SAFETY: `ci·MR + r0 + r` < cin·MR for this tap's slice of the panel.
+                let ar = unsafe { ap.add(ci * MR) };
+                for r in 0..R {
+                    // SAFETY: r0 + r < MR, see above.
+                    let w = s.splat(unsafe { *ar.add(r) });
+                    for h in 0..NV {
+                        acc[r * NV + h] = s.fmadd(w, bv[h], acc[r * NV + h]);
+                    }
                 }
             }
         }
     }
-}
-
-/// AVX-512 microkernel: 16 output channels × 16 pixels in 16 zmm accumulators.
-///
-/// # Safety
-/// The CPU must support avx512f. Every lane with its mask bit set (all lanes when `MASKED`
-/// is false) must address an element of `tin.src`; `tin.a` holds `taps · cin · MR` floats;
-/// `tout` must describe output elements that only this call writes.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_avx512<const MASKED: bool, const ONE_CI: bool>(tin: &TileIn, tout: &TileOut) {
-    use std::arch::x86_64::*;
-    debug_assert!(!ONE_CI || tin.cin == 1);
-    // A constant trip count for one input channel lets the compiler drop the channel loop
-    // (and the register shuffling around it) in the common first layer.
-    let cin = if ONE_CI { 1 } else { tin.cin };
-    let mut acc = [_mm512_setzero_ps(); MR];
-    let a = tin.a.as_ptr();
-    let src = tin.src.as_ptr();
-    debug_assert!(tin.a.len() >= tin.kh * tin.kw * tin.cin * MR);
-    for_each_tap::<MASKED>(tin, |m, a_off, bp| {
-        // SAFETY: `a_off` starts a tap's `[ci][MR]` block, inside `tin.a`.
-        let ap = unsafe { a.add(a_off) };
-        for ci in 0..cin {
-            let p = src.wrapping_offset(bp + ci as isize * tin.cs);
-            // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off lanes
-            // are not accessed, so `p` itself may point outside it).
-            let bv = unsafe {
-                if MASKED {
-                    _mm512_maskz_loadu_ps(m, p)
-                } else {
-                    _mm512_loadu_ps(p)
-                }
-            };
-            // SAFETY: `ci·MR + r` < cin·MR for this tap's slice of the panel.
-            let ar = unsafe { ap.add(ci * MR) };
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                // SAFETY: r < MR, see above.
-                let w = unsafe { *ar.add(r) };
-                *acc_r = _mm512_fmadd_ps(_mm512_set1_ps(w), bv, *acc_r);
-            }
-        }
-    });
-    let zero = _mm512_setzero_ps();
-    for (r, &acc_r) in acc.iter().enumerate().take(tout.rows) {
-        let co = tout.co0 + r;
-        let mut v = acc_r;
-        if let Some(b) = tout.bias {
-            v = _mm512_add_ps(v, _mm512_set1_ps(b[co]));
-        }
-        match tout.act {
-            Activation::Identity => {}
-            // max(0, v) returns its second operand when one is NaN, so NaN stays NaN.
-            Activation::Relu => v = _mm512_max_ps(zero, v),
-            Activation::LeakyRelu(s) => {
-                let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero);
-                v = _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(s));
-            }
-        }
-        for &(m, off) in tout.segs {
-            let p = tout.out.0.wrapping_offset(off + (co * tout.ohw) as isize);
-            // SAFETY: lanes set in `m` map to output elements of this tile inside the output
-            // slice (`ColVec::locate`); masked-off lanes are not accessed. No other worker
-            // writes them (`Work::run`).
-            unsafe { _mm512_mask_storeu_ps(p, m, v) };
-        }
-    }
-}
-
-/// AVX2 + FMA microkernel: the same 16 × 16 tile in three passes of 6, 6 and 4 output
-/// channels (12 ymm accumulators, two B vectors and a broadcast fit the 16 ymm registers).
-///
-/// # Safety
-/// As [`tile_avx512`], with avx2 and fma instead of avx512f.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2<const MASKED: bool>(tin: &TileIn, tout: &TileOut) {
-    // SAFETY: same contract, passed through; each pass only touches rows < `tout.rows`.
-    unsafe {
-        tile_avx2_rows::<MASKED, 6>(tin, tout, 0);
-        if tout.rows > 6 {
-            tile_avx2_rows::<MASKED, 6>(tin, tout, 6);
-        }
-        if tout.rows > 12 {
-            tile_avx2_rows::<MASKED, 4>(tin, tout, 12);
-        }
-    }
-}
-
-/// Lanes of `m` (bits `0..8`) as an AVX2 mask vector (all ones where the bit is set).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn mask8(m: u16) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    _mm256_cmpeq_epi32(
-        _mm256_and_si256(_mm256_set1_epi32(i32::from(m)), bits),
-        bits,
-    )
-}
-
-/// Rows `r0 .. r0 + R` of [`tile_avx2`] (those below `tout.rows`).
-///
-/// # Safety
-/// As [`tile_avx2`]; `r0 + R <= MR`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_avx2_rows<const MASKED: bool, const R: usize>(
-    tin: &TileIn,
-    tout: &TileOut,
-    r0: usize,
-) {
-    use std::arch::x86_64::*;
-    debug_assert!(r0 + R <= MR);
-    let mut lo = [_mm256_setzero_ps(); R];
-    let mut hi = [_mm256_setzero_ps(); R];
-    let a = tin.a.as_ptr();
-    let src = tin.src.as_ptr();
-    debug_assert!(tin.a.len() >= tin.kh * tin.kw * tin.cin * MR);
-    for_each_tap::<MASKED>(tin, |m, a_off, bp| {
-        let (ml, mh) = (mask8(m), mask8(m >> 8));
-        // SAFETY: `a_off` starts a tap's `[ci][MR]` block inside `tin.a`, and r0 < MR.
-        let ap = unsafe { a.add(a_off + r0) };
-        for ci in 0..tin.cin {
-            let p = src.wrapping_offset(bp + ci as isize * tin.cs);
-            // SAFETY: lanes selected by `m` address elements of `tin.src` (masked-off lanes
-            // are not accessed, so `p` may point outside it).
-            let (bl, bh) = unsafe {
-                if MASKED {
-                    (
-                        _mm256_maskload_ps(p, ml),
-                        _mm256_maskload_ps(p.wrapping_add(8), mh),
-                    )
-                } else {
-                    (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)))
-                }
-            };
-            // SAFETY: `ci·MR + r0 + r` < cin·MR for this tap's slice of the panel.
-            let ar = unsafe { ap.add(ci * MR) };
-            for r in 0..R {
-                // SAFETY: r0 + r < MR, see above.
-                let w = _mm256_set1_ps(unsafe { *ar.add(r) });
-                lo[r] = _mm256_fmadd_ps(w, bl, lo[r]);
-                hi[r] = _mm256_fmadd_ps(w, bh, hi[r]);
-            }
-        }
-    });
-    let zero = _mm256_setzero_ps();
-    let act = |v: __m256| match tout.act {
-        Activation::Identity => v,
-        // max(0, v) returns its second operand when one is NaN, so NaN stays NaN.
-        Activation::Relu => _mm256_max_ps(zero, v),
-        Activation::LeakyRelu(s) => {
-            let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, zero);
-            _mm256_blendv_ps(v, _mm256_mul_ps(v, _mm256_set1_ps(s)), neg)
-        }
+    let zero = s.zero();
+    let slope = match tout.act {
+        Activation::LeakyRelu(sl) => s.splat(sl),
+        _ => zero,
     };
     for r in 0..R.min(tout.rows.saturating_sub(r0)) {
         let co = tout.co0 + r0 + r;
-        let b = _mm256_set1_ps(tout.bias.map_or(0.0, |b| b[co]));
-        let (vl, vh) = (act(_mm256_add_ps(lo[r], b)), act(_mm256_add_ps(hi[r], b)));
-        for &(m, off) in tout.segs {
-            let p = tout.out.0.wrapping_offset(off + (co * tout.ohw) as isize);
-            // SAFETY: lanes set in `m` map to output elements of this tile inside the output
-            // slice (`ColVec::locate`); masked-off lanes are not accessed. No other worker
-            // writes them (`Work::run`).
-            unsafe {
-                if m & 0xff != 0 {
-                    _mm256_maskstore_ps(p, mask8(m), vl);
+        let b = s.splat(tout.bias.map_or(0.0, |b| b[co]));
+        for h in 0..NV {
+            let mut v = s.add(acc[r * NV + h], b);
+            match tout.act {
+                Activation::Identity => {}
+                // max(0, v) returns its second operand when one is NaN, so NaN stays NaN.
+                Activation::Relu => v = s.max(zero, v),
+                Activation::LeakyRelu(_) => v = s.select(s.lt(v, zero), s.mul(v, slope), v),
+            }
+            for &(m, off) in tout.segs {
+                let mh = (u32::from(m) >> (h * S::LANES)) & lane_mask;
+                if mh == 0 {
+                    continue;
                 }
-                if m >> 8 != 0 {
-                    _mm256_maskstore_ps(p.wrapping_add(8), mask8(m >> 8), vh);
-                }
+                let p = tout
+                    .out
+                    .0
+                    .wrapping_offset(off + (co * tout.ohw + h * S::LANES) as isize);
+                // SAFETY: lanes set in `m` map to output elements of this tile inside the
+                // output slice (`ColVec::locate`); masked-off lanes are not accessed. No other
+                // worker writes them (`Work::run`).
+                unsafe { s.store_mask(p, s.mask(mh), v) };
             }
         }
     }

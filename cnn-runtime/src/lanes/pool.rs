@@ -184,7 +184,10 @@ impl Kernel for PlaneForward<'_> {
         let Self { g, x, out, mut idx } = self;
         assert!(x.len() == g.in_h * g.in_w * LANES);
         assert!(out.len() == g.out_h * g.out_w * LANES);
-        assert!(idx.as_ref().is_none_or(|i| i.len() == out.len() && x.len() / LANES < F32_EXACT));
+        assert!(
+            idx.as_ref()
+                .is_none_or(|i| i.len() == out.len() && x.len() / LANES < F32_EXACT)
+        );
         let with_idx = idx.is_some();
         let mut arg_f = [0.0f32; LANES];
         for oh in 0..g.out_h {
