@@ -4,9 +4,10 @@
 //! `gemm` reaches about 20 GFLOP/s. The dot-product path takes a block of `NB` images and up to
 //! six weight rows, loads each chunk of `x` once and multiply-adds it against every row into
 //! `NB × OB` vector accumulators held in registers; the weights are reread from cache once per
-//! block of images. When every weight row has the same alignment (`in % 16 == 0`), the AVX-512
-//! kernel starts its chunks where the rows' cache lines start, so only the `x` loads straddle
-//! lines (split loads halved the speed).
+//! block of images. When every weight row has the same alignment (`in % 16 == 0`), the kernel
+//! starts its chunks where the rows' vectors start, so only the `x` loads straddle cache lines
+//! (split loads halved the speed on AVX-512). One kernel source (`Dots`) serves every
+//! instruction set through [`crate::simd`].
 //!
 //! Summation order (fixed, independent of the thread count, of the blocking and of addresses):
 //! lane `l` of an accumulator sums the products at `i ≡ l (mod lanes)` in increasing `i` (the
@@ -17,6 +18,7 @@ use rayon::prelude::*;
 
 use super::{Isa, check_len};
 use crate::geom::LinearGeom;
+use crate::simd::{Kernel, Simd};
 
 /// Widest layer (`out_features`) the dot-product path takes; wider ones go through `gemm`.
 const DOT_MAX_OUT: usize = 32;
@@ -134,11 +136,11 @@ fn linear_with(
 }
 
 /// Most weight rows per kernel call: `NB · OB` accumulators plus `NB + 1` operands must fit in
-/// the vector registers (32 with AVX-512, 16 with AVX2).
+/// the vector registers (32 with AVX-512, 16 with AVX2 and the portable build's SSE/NEON).
 fn max_ob(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512 | Isa::Portable => 6,
-        Isa::Avx2 => 2,
+        Isa::Avx512 => 6,
+        Isa::Avx2 | Isa::Portable => 2,
     }
 }
 
@@ -155,8 +157,8 @@ fn dot_rows(
     y: &mut [f32],
 ) {
     // Elements from the last 64-byte boundary to each weight row's start (the same for every
-    // row when `k % 16 == 0`); only the AVX-512 kernel uses it.
-    let shift = if isa == Isa::Avx512 && k.is_multiple_of(16) {
+    // row when `k % 16 == 0`).
+    let shift = if k.is_multiple_of(16) {
         w.as_ptr() as usize / size_of::<f32>() % 16
     } else {
         0
@@ -188,8 +190,8 @@ fn dot_rows(
 /// image `n` and row `j` written to `y[n·ys + j]` (plus `bias[j]`).
 struct Block<'a> {
     k: usize,
-    /// Elements from the last 64-byte boundary to the start of every row of `w` (the AVX-512
-    /// kernel aligns its weight loads with it; 0 for the other kernels, which ignore it).
+    /// Elements from the last 64-byte boundary to the start of every row of `w` (the kernel
+    /// aligns its weight loads with it, modulo its vector width).
     shift: usize,
     x: &'a [f32],
     w: &'a [f32],
@@ -231,250 +233,116 @@ impl Block<'_> {
 /// Runs the kernel for `isa` on `b` (`nb` images, `ob` rows), with `nb` (`NB` or 1) and `ob`
 /// (1 to `max_ob(isa)`) as compile-time sizes.
 fn dot_block(isa: Isa, nb: usize, ob: usize, b: Block) {
-    macro_rules! dispatch {
-        ($kernel:ident) => {
-            dispatch!($kernel; 1 2 3 4 5 6)
-        };
-        ($kernel:ident; $($n:literal)*) => {
+    macro_rules! run {
+        ($($n:literal)*) => {
             match (nb, ob) {
-                $((NB, $n) => $kernel::<NB, $n>(b),)*
-                $((1, $n) => $kernel::<1, $n>(b),)*
+                $((NB, $n) => crate::simd::dispatch(isa, Dots::<NB, $n>(b)),)*
+                $((1, $n) => crate::simd::dispatch(isa, Dots::<1, $n>(b)),)*
                 _ => unreachable!("linear: dot block {nb}×{ob}"),
             }
         };
     }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
-            // SAFETY: `Isa::Avx512` is only used after `is_available` confirmed avx512f
-            // (`linear` takes `detect`; the tests filter on `is_available`).
-            unsafe { dispatch!(dots_avx512) }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => {
-            // SAFETY: as above, for avx2 and fma.
-            unsafe { dispatch!(dots_avx2) }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx512 | Isa::Avx2 => unreachable!("linear: {isa:?} is x86-64 only"),
-        Isa::Portable => dispatch!(dots_portable),
-    }
+    run!(1 2 3 4 5 6)
 }
 
-/// Lanes of the portable kernel (AVX-512's width, so both sum in the same order).
-const PORTABLE_LANES: usize = 16;
-
-/// Portable dot-product kernel: `N` images × `OB` rows, 16-lane accumulators.
-fn dots_portable<const N: usize, const OB: usize>(mut b: Block) {
-    b.check(N, OB);
-    let k = b.k;
-    let mut acc = [[[0.0f32; PORTABLE_LANES]; OB]; N];
-    let full = k / PORTABLE_LANES * PORTABLE_LANES;
-    for i in (0..full).step_by(PORTABLE_LANES) {
-        for j in 0..OB {
-            let wc: &[f32; PORTABLE_LANES] = b.w[j * k + i..][..PORTABLE_LANES].try_into().unwrap();
-            for (n, a) in acc.iter_mut().enumerate() {
-                let xc: &[f32; PORTABLE_LANES] =
-                    b.x[n * k + i..][..PORTABLE_LANES].try_into().unwrap();
-                for l in 0..PORTABLE_LANES {
-                    a[j][l] += xc[l] * wc[l];
-                }
-            }
-        }
-    }
-    for j in 0..OB {
-        for (n, a) in acc.iter_mut().enumerate() {
-            let (xc, wc) = (
-                &b.x[n * k + full..(n + 1) * k],
-                &b.w[j * k + full..(j + 1) * k],
-            );
-            for ((s, xv), wv) in a[j].iter_mut().zip(xc).zip(wc) {
-                *s += xv * wv;
-            }
-        }
-    }
-    for (n, a) in acc.iter().enumerate() {
-        let sums = a.map(|mut lanes| {
-            let mut half = PORTABLE_LANES / 2;
-            while half > 0 {
-                for l in 0..half {
-                    lanes[l] += lanes[l + half];
-                }
-                half /= 2;
-            }
-            lanes[0]
-        });
-        b.store(n, sums);
-    }
-}
-
-/// Lanes `l` of a 16-lane chunk starting at column `s` (negative before the row) that fall
-/// inside a row of `k` columns: `0 <= s + l < k`.
+/// Lanes `l` of a chunk of `lanes` columns starting at column `s` (negative before the row)
+/// that fall inside a row of `k` columns: `0 <= s + l < k`.
 #[inline(always)]
-fn lane_mask(s: isize, k: usize) -> u16 {
-    let lo = (-s).clamp(0, 16) as u32;
-    let hi = (k as isize - s).clamp(0, 16) as u32;
-    ((1u32 << hi) - (1u32 << lo)) as u16
+fn lane_mask(s: isize, k: usize, lanes: usize) -> u32 {
+    let lo = (-s).clamp(0, lanes as isize) as u32;
+    let hi = (k as isize - s).clamp(0, lanes as isize) as u32;
+    ((1u64 << hi) - (1u64 << lo)) as u32
 }
 
-/// AVX-512 dot-product kernel: `N` images × `OB` rows, 16-lane accumulators.
+/// The dot-product kernel, one source for every instruction set: `N` images × `OB` rows,
+/// `LANES`-wide accumulators.
 ///
-/// Chunks start at column `-shift` (a cache-line boundary of every weight row), so the weight
-/// loads are aligned; the partial chunks at either end are read with masked loads (masked-off
-/// lanes add `0·0` to an accumulator, which cannot be `-0.0`: a no-op). Lane `l` then sums the
-/// columns `≡ l - shift (mod 16)`: the lanes are rotated by `shift`. The halving tree adds
-/// lanes `≡ mod 8`, then `mod 4`, `mod 2`: groups that a rotation only permutes, so with each
-/// addition commutative the total is the same bits for every `shift`.
-///
-/// # Safety
-/// The CPU must support avx512f.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn dots_avx512<const N: usize, const OB: usize>(mut b: Block) {
-    use std::arch::x86_64::*;
-    b.check(N, OB);
-    let k = b.k;
-    let (xp, wp) = (b.x.as_ptr(), b.w.as_ptr());
-    let mut acc = [[_mm512_setzero_ps(); OB]; N];
-    let mut s = -(b.shift as isize);
-    if s < 0 {
-        // SAFETY: the lanes set in the mask are columns `0..min(16 + s, k)` of each row;
-        // masked-off lanes are not read.
-        unsafe { fma_step_avx512(&mut acc, xp, wp, k, s, lane_mask(s, k)) };
-        s += 16;
-    }
-    while s + 16 <= k as isize {
-        // SAFETY: `0 <= s` and `s + 16 <= k`: all 16 lanes are inside each row.
-        unsafe { fma_step_avx512(&mut acc, xp, wp, k, s, !0) };
-        s += 16;
-    }
-    if s < k as isize {
-        // SAFETY: the mask selects columns `s..k`; masked-off lanes are not read.
-        unsafe { fma_step_avx512(&mut acc, xp, wp, k, s, lane_mask(s, k)) };
-    }
-    for (n, a) in acc.iter().enumerate() {
-        // The halving tree in 512-bit registers: 256- and 128-bit operations would be VEX
-        // encoded and pin the accumulators to registers 0–15, spilling the rest.
-        b.store(
-            n,
-            a.map(|v| {
-                let v = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b0100_1110>(v, v));
-                let v = _mm512_add_ps(v, _mm512_shuffle_f32x4::<0b1011_0001>(v, v));
-                let v = _mm512_add_ps(v, _mm512_permute_ps::<0b0100_1110>(v));
-                let v = _mm512_add_ps(v, _mm512_permute_ps::<0b1011_0001>(v));
-                _mm512_cvtss_f32(v)
-            }),
-        );
+/// Chunks start at column `-(shift mod LANES)` (a vector boundary of every weight row, when
+/// the rows share one), so the weight loads are aligned; the partial chunks at either end are
+/// read with masked loads (masked-off lanes add `0·0` to an accumulator, which cannot be
+/// `-0.0`: a no-op). Lane `l` then sums the columns `≡ l - shift (mod LANES)`: the lanes are
+/// rotated by the shift. The lane reduction ([`Simd::reduce_add`]) is a halving tree, adding
+/// lanes `≡ mod LANES/2`, then `mod LANES/4`, …: groups that a rotation only permutes, so with
+/// each addition commutative the total is the same bits for every shift.
+struct Dots<'a, const N: usize, const OB: usize>(Block<'a>);
+
+impl<const N: usize, const OB: usize> Kernel for Dots<'_, N, OB> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self, sv: S) {
+        let mut b = self.0;
+        b.check(N, OB);
+        let k = b.k;
+        let lanes = S::LANES;
+        let (xp, wp) = (b.x.as_ptr(), b.w.as_ptr());
+        let mut acc = [[sv.zero(); OB]; N];
+        let mut s = -((b.shift % lanes) as isize);
+        if s < 0 {
+            // SAFETY: the lanes set in the mask are columns `0..min(LANES + s, k)` of each
+            // row; masked-off lanes are not read.
+            unsafe { fma_step(sv, &mut acc, xp, wp, k, s, Some(lane_mask(s, k, lanes))) };
+            s += lanes as isize;
+        }
+        while s + lanes as isize <= k as isize {
+            // SAFETY: `0 <= s` and `s + LANES <= k`: every lane is inside each row.
+            unsafe { fma_step(sv, &mut acc, xp, wp, k, s, None) };
+            s += lanes as isize;
+        }
+        if s < k as isize {
+            // SAFETY: the mask selects columns `s..k`; masked-off lanes are not read.
+            unsafe { fma_step(sv, &mut acc, xp, wp, k, s, Some(lane_mask(s, k, lanes))) };
+        }
+        for (n, a) in acc.iter().enumerate() {
+            b.store(n, a.map(|v| sv.reduce_add(v)));
+        }
     }
 }
 
-/// One 16-lane step of [`dots_avx512`] at column `s`: `acc[n][j] += x[n][s..] · w[j][s..]` over
-/// the lanes set in `m`, rows `k` apart.
+/// One chunk of [`Dots`] at column `s`: `acc[n][j] += x[n][s..] · w[j][s..]` over the lanes set
+/// in `mask` (all of them for `None`), rows `k` apart.
 ///
 /// # Safety
-/// The CPU must support avx512f, `x` must hold `N` rows and `w` `OB` rows of `k` floats, and
-/// the lanes set in `m` must be columns `s + l` inside `0..k`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn fma_step_avx512<const N: usize, const OB: usize>(
-    acc: &mut [[std::arch::x86_64::__m512; OB]; N],
+/// `x` must hold `N` rows and `w` `OB` rows of `k` floats, and the lanes read (those set in
+/// `mask`, or all) must be columns `s + l` inside `0..k`.
+#[inline(always)]
+unsafe fn fma_step<S: Simd, const N: usize, const OB: usize>(
+    sv: S,
+    acc: &mut [[S::V; OB]; N],
     x: *const f32,
     w: *const f32,
     k: usize,
     s: isize,
-    m: std::arch::x86_64::__mmask16,
+    mask: Option<u32>,
 ) {
-    use std::arch::x86_64::*;
-    let mut xv = [_mm512_setzero_ps(); N];
+    // No closure for the load: a closure is compiled without the caller's target features.
+    let m = sv.mask(mask.unwrap_or(0));
+    let masked = mask.is_some();
+    let mut xv = [sv.zero(); N];
     for (n, v) in xv.iter_mut().enumerate() {
-        // SAFETY: the lanes set in `m` are inside row `n` (caller); masked-off lanes, which may
-        // lie before the row (hence `wrapping_offset`), are not read.
-        *v = unsafe { _mm512_maskz_loadu_ps(m, x.wrapping_offset((n * k) as isize + s)) };
+        let p = x.wrapping_offset((n * k) as isize + s);
+        // SAFETY: the lanes read are inside row `n` (caller); masked-off lanes, which may lie
+        // before the row (hence `wrapping_offset`), are not read.
+        *v = unsafe {
+            if masked {
+                sv.load_mask(p, m)
+            } else {
+                sv.load(p)
+            }
+        };
     }
     for j in 0..OB {
+        let p = w.wrapping_offset((j * k) as isize + s);
         // SAFETY: as above, for row `j` of `w`.
-        let wv = unsafe { _mm512_maskz_loadu_ps(m, w.wrapping_offset((j * k) as isize + s)) };
+        let wv = unsafe {
+            if masked {
+                sv.load_mask(p, m)
+            } else {
+                sv.load(p)
+            }
+        };
         for (a, &v) in acc.iter_mut().zip(&xv) {
-            a[j] = _mm512_fmadd_ps(v, wv, a[j]);
-        }
-    }
-}
-
-/// AVX2 + FMA dot-product kernel: `N` images × `OB` rows, 8-lane accumulators, the last
-/// partial chunk of each row read with a masked load.
-///
-/// # Safety
-/// The CPU must support avx2 and fma.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dots_avx2<const N: usize, const OB: usize>(mut b: Block) {
-    use std::arch::x86_64::*;
-    b.check(N, OB);
-    let k = b.k;
-    let (xp, wp) = (b.x.as_ptr(), b.w.as_ptr());
-    let mut acc = [[_mm256_setzero_ps(); OB]; N];
-    let mut i = 0;
-    while i + 8 <= k {
-        // SAFETY: `i + 8 <= k`, so all 8 lanes of every row are in bounds.
-        unsafe { fma_step_avx2::<N, OB, false>(&mut acc, xp, wp, k, i, _mm256_setzero_si256()) };
-        i += 8;
-    }
-    if i < k {
-        let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let m = _mm256_cmpgt_epi32(_mm256_set1_epi32((k - i) as i32), lanes);
-        // SAFETY: `m` selects columns `i..k` of each row; masked-off lanes are not read.
-        unsafe { fma_step_avx2::<N, OB, true>(&mut acc, xp, wp, k, i, m) };
-    }
-    for (n, a) in acc.iter().enumerate() {
-        b.store(
-            n,
-            a.map(|v| {
-                let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-                let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-                _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
-            }),
-        );
-    }
-}
-
-/// One 8-lane step of [`dots_avx2`] at column `i`: `acc[n][j] += x[n][i..] · w[j][i..]`, rows
-/// `k` apart; without `MASKED` all 8 lanes are read.
-///
-/// # Safety
-/// The CPU must support avx2 and fma, `x` must hold `N` rows and `w` `OB` rows of `k` floats,
-/// and columns `i..i + 8` (those set in `m` when `MASKED`) must be inside `0..k`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn fma_step_avx2<const N: usize, const OB: usize, const MASKED: bool>(
-    acc: &mut [[std::arch::x86_64::__m256; OB]; N],
-    x: *const f32,
-    w: *const f32,
-    k: usize,
-    i: usize,
-    m: std::arch::x86_64::__m256i,
-) {
-    use std::arch::x86_64::*;
-    let load = |p: *const f32| {
-        if MASKED {
-            // SAFETY: the caller guarantees the lanes set in `m` are in bounds.
-            unsafe { _mm256_maskload_ps(p, m) }
-        } else {
-            // SAFETY: the caller guarantees all 8 lanes are in bounds.
-            unsafe { _mm256_loadu_ps(p) }
-        }
-    };
-    let mut xv = [_mm256_setzero_ps(); N];
-    for (n, v) in xv.iter_mut().enumerate() {
-        // SAFETY: `n·k + i` is inside `x` (caller).
-        *v = load(unsafe { x.add(n * k + i) });
-    }
-    for j in 0..OB {
-        // SAFETY: `j·k + i` is inside `w` (caller).
-        let wv = load(unsafe { w.add(j * k + i) });
-        for (a, &v) in acc.iter_mut().zip(&xv) {
-            a[j] = _mm256_fmadd_ps(v, wv, a[j]);
+            a[j] = sv.fmadd(v, wv, a[j]);
         }
     }
 }
