@@ -72,6 +72,9 @@ pub trait Simd: Copy + Send + Sync + 'static {
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a > b ? a : b` per lane.
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    /// The even and the odd elements of the `2·LANES` sequence `a ‖ b`:
+    /// `(a0 a2 … b0 b2 …, a1 a3 … b1 b3 …)`.
+    fn deinterleave(self, a: Self::V, b: Self::V) -> (Self::V, Self::V);
     /// Sum of the lanes.
     fn reduce_add(self, v: Self::V) -> f32;
     /// `a > b` (false on NaN).
@@ -225,6 +228,10 @@ impl Simd for Portable {
         lanewise!(a, b, |x, y| if x > y { x } else { y })
     }
     #[inline(always)]
+    fn deinterleave(self, a: [f32; 4], b: [f32; 4]) -> ([f32; 4], [f32; 4]) {
+        ([a[0], a[2], b[0], b[2]], [a[1], a[3], b[1], b[3]])
+    }
+    #[inline(always)]
     fn reduce_add(self, v: [f32; 4]) -> f32 {
         (v[0] + v[2]) + (v[1] + v[3])
     }
@@ -355,6 +362,19 @@ mod x86 {
             unsafe { _mm512_max_ps(a, b) }
         }
         #[inline(always)]
+        fn deinterleave(self, a: __m512, b: __m512) -> (__m512, __m512) {
+            // SAFETY: avx512f is available (token).
+            unsafe {
+                let even =
+                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+                (
+                    _mm512_permutex2var_ps(a, even, b),
+                    _mm512_permutex2var_ps(a, odd, b),
+                )
+            }
+        }
+        #[inline(always)]
         fn reduce_add(self, v: __m512) -> f32 {
             // SAFETY: as above.
             unsafe { _mm512_reduce_add_ps(v) }
@@ -466,6 +486,19 @@ mod x86 {
         fn max(self, a: __m256, b: __m256) -> __m256 {
             // SAFETY: as above. `vmaxps` returns its second operand when either is NaN.
             unsafe { _mm256_max_ps(a, b) }
+        }
+        #[inline(always)]
+        fn deinterleave(self, a: __m256, b: __m256) -> (__m256, __m256) {
+            // SAFETY: avx2 is available (token). Per 128-bit half, shuffle_ps picks
+            // (a0 a2 b0 b2 | a4 a6 b4 b6); permute4x64 then orders the 64-bit pairs 0, 2, 1, 3.
+            unsafe {
+                let e = _mm256_castps_pd(_mm256_shuffle_ps::<0b10_00_10_00>(a, b));
+                let o = _mm256_castps_pd(_mm256_shuffle_ps::<0b11_01_11_01>(a, b));
+                (
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(e)),
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(o)),
+                )
+            }
         }
         #[inline(always)]
         fn reduce_add(self, v: __m256) -> f32 {
@@ -612,6 +645,11 @@ mod neon {
             self.select(self.gt(a, b), a, b)
         }
         #[inline(always)]
+        fn deinterleave(self, a: float32x4_t, b: float32x4_t) -> (float32x4_t, float32x4_t) {
+            // SAFETY: as above.
+            unsafe { (vuzp1q_f32(a, b), vuzp2q_f32(a, b)) }
+        }
+        #[inline(always)]
         fn reduce_add(self, v: float32x4_t) -> f32 {
             // SAFETY: as above.
             unsafe { vaddvq_f32(v) }
@@ -713,6 +751,15 @@ mod tests {
                     );
                     assert_eq!(o[i], if on { b[i] } else { 7.0 }, "store_mask lane {i}");
                 }
+            }
+            let (ev, od) = s.deinterleave(va, vb);
+            let (ev, od) = (get(ev), get(od));
+            let ab: Vec<f32> = a.iter().chain(&b).copied().collect();
+            for i in 0..n {
+                assert!(
+                    same(ev[i], ab[2 * i]) && same(od[i], ab[2 * i + 1]),
+                    "deinterleave {i}"
+                );
             }
             let want: f32 = b.iter().sum();
             assert!((s.reduce_add(vb) - want).abs() < 1e-5);

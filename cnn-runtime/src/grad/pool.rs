@@ -29,17 +29,18 @@ pub fn max_pool2d_train_forward(
     output: &mut [f32],
     indices: &mut [u32],
 ) {
-    max_pool2d_train_forward_with(g, batch, input, output, indices, Isa::detect());
+    max_pool2d_train_forward_with(g, batch, input, output, indices, Some(Isa::detect()));
 }
 
-/// [`max_pool2d_train_forward`] with a chosen instruction set (tests compare them).
+/// [`max_pool2d_train_forward`] with a chosen instruction set for the 2 × 2 vector kernel, or
+/// `None` for the scalar loops only (the reference the tests compare with).
 fn max_pool2d_train_forward_with(
     g: &Pool2dGeom,
     batch: usize,
     input: &[f32],
     output: &mut [f32],
     indices: &mut [u32],
-    isa: Isa,
+    isa: Option<Isa>,
 ) {
     let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
     check_len(
@@ -77,15 +78,18 @@ fn max_pool2d_train_forward_with(
         .zip(indices.par_chunks_mut(ohw))
         .zip(input.par_chunks(ihw))
         .for_each(|((out, idx), x)| {
-            #[cfg(target_arch = "x86_64")]
-            if isa == Isa::Avx512 && is_plain_2x2(g) {
-                // SAFETY: `Isa::Avx512` is only used when avx512f is available; the geometry
-                // is the plain 2 × 2 / stride 2 one `max_plane_2x2_avx512` requires, and the
-                // three slices are one plane each (par_chunks of the checked lengths).
-                unsafe { max_plane_2x2_avx512(x, g.in_w, g.out_h, g.out_w, out, idx) };
+            if let Some(isa) = isa.filter(|_| is_plain_2x2(g)) {
+                let k = MaxPlane2x2 {
+                    x,
+                    in_w: g.in_w,
+                    out_h: g.out_h,
+                    out_w: g.out_w,
+                    out,
+                    idx,
+                };
+                crate::simd::dispatch(isa, k);
                 return;
             }
-            let _ = isa;
             if g.dilation_h == 1 && g.dilation_w == 1 {
                 max_plane_dense(x, g.in_w, &hr, &wr, out, idx);
                 return;
@@ -122,80 +126,85 @@ fn is_plain_2x2(g: &Pool2dGeom) -> bool {
         && 2 * g.out_w <= g.in_w
 }
 
-/// One plane of a plain 2 × 2 max pool ([`is_plain_2x2`]) with AVX-512, 16 outputs at a time:
-/// the two input rows are split into even and odd columns and the four candidates compared
-/// in window order with the scalar rules (a greater value or any NaN takes over), as masks,
-/// so random data costs no mispredicted branches.
-///
-/// # Safety
-/// The CPU must support avx512f; `x` holds one `[in_h, in_w]` plane with `in_h >= 2·out_h`
-/// and `in_w >= 2·out_w`; `out` and `idx` hold `out_h · out_w` values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn max_plane_2x2_avx512(
-    x: &[f32],
+/// One plane of a plain 2 × 2 max pool ([`is_plain_2x2`]), `LANES` outputs at a time, one
+/// source for every instruction set: the two input rows are split into even and odd columns
+/// and the four candidates compared in window order with the scalar rules (a greater value or
+/// any NaN takes over), as vector selects, so random data costs no mispredicted branches. `x`
+/// holds one `[in_h, in_w]` plane with `in_h >= 2·out_h` and `in_w >= 2·out_w`; `out` and
+/// `idx` hold `out_h · out_w` values.
+struct MaxPlane2x2<'a> {
+    x: &'a [f32],
     in_w: usize,
     out_h: usize,
     out_w: usize,
-    out: &mut [f32],
-    idx: &mut [u32],
-) {
-    use std::arch::x86_64::*;
-    assert!(x.len() >= 2 * out_h * in_w && in_w >= 2 * out_w);
-    assert!(out.len() == out_h * out_w && idx.len() == out_h * out_w);
-    assert!(x.len() < u32::MAX as usize);
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-    for oh in 0..out_h {
-        let row_a = 2 * oh * in_w;
-        let mut ow = 0;
-        while ow < out_w {
-            let n = (out_w - ow).min(16);
-            let m_out = ((1u32 << n) - 1) as u16;
-            let (m_lo, m_hi) = if n == 16 {
-                (u16::MAX, u16::MAX)
-            } else {
-                let m2 = (1u32 << (2 * n)) - 1;
-                (m2 as u16, (m2 >> 16) as u16)
-            };
-            let pa = x.as_ptr().wrapping_add(row_a + 2 * ow);
-            let pb = pa.wrapping_add(in_w);
-            // SAFETY: the set lanes cover columns 2·ow .. 2·(ow + n) <= 2·out_w <= in_w of rows
-            // 2·oh and 2·oh + 1 < 2·out_h (inside `x`, asserted above); masked-off lanes are
-            // not accessed.
-            let (a0, a1, b0, b1) = unsafe {
-                (
-                    _mm512_maskz_loadu_ps(m_lo, pa),
-                    _mm512_maskz_loadu_ps(m_hi, pa.wrapping_add(16)),
-                    _mm512_maskz_loadu_ps(m_lo, pb),
-                    _mm512_maskz_loadu_ps(m_hi, pb.wrapping_add(16)),
-                )
-            };
-            let cand = [
-                _mm512_permutex2var_ps(a0, even, a1),
-                _mm512_permutex2var_ps(a0, odd, a1),
-                _mm512_permutex2var_ps(b0, even, b1),
-                _mm512_permutex2var_ps(b0, odd, b1),
-            ];
-            let first = _mm512_add_epi32(even, _mm512_set1_epi32((row_a + 2 * ow) as i32));
-            let offs = [0, 1, in_w as i32, in_w as i32 + 1];
-            let mut best = cand[0];
-            let mut arg = first;
-            for k in 1..4 {
-                let c = cand[k];
-                let take = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(c, best)
-                    | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(c, c);
-                best = _mm512_mask_mov_ps(best, take, c);
-                arg = _mm512_mask_add_epi32(arg, take, first, _mm512_set1_epi32(offs[k]));
+    out: &'a mut [f32],
+    idx: &'a mut [u32],
+}
+
+impl crate::simd::Kernel for MaxPlane2x2<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<S: crate::simd::Simd>(self, s: S) {
+        let Self {
+            x,
+            in_w,
+            out_h,
+            out_w,
+            out,
+            idx,
+        } = self;
+        assert!(x.len() >= 2 * out_h * in_w && in_w >= 2 * out_w);
+        assert!(out.len() == out_h * out_w && idx.len() == out_h * out_w);
+        assert!(x.len() < u32::MAX as usize);
+        let l = S::LANES;
+        let offs = [0, 1, in_w, in_w + 1];
+        let mut won = [0.0f32; 16];
+        for oh in 0..out_h {
+            let row_a = 2 * oh * in_w;
+            let mut ow = 0;
+            while ow < out_w {
+                let n = (out_w - ow).min(l);
+                let lo = s.mask(((1u64 << (2 * n).min(l)) - 1) as u32);
+                let hi = s.mask(((1u64 << (2 * n).saturating_sub(l)) - 1) as u32);
+                let pa = x.as_ptr().wrapping_add(row_a + 2 * ow);
+                let pb = pa.wrapping_add(in_w);
+                // SAFETY: the set lanes cover columns 2·ow .. 2·(ow + n) <= 2·out_w <= in_w of
+                // rows 2·oh and 2·oh + 1 < 2·out_h (inside `x`, asserted above); masked-off
+                // lanes are not accessed.
+                let (a0, a1, b0, b1) = unsafe {
+                    (
+                        s.load_mask(pa, lo),
+                        s.load_mask(pa.wrapping_add(l), hi),
+                        s.load_mask(pb, lo),
+                        s.load_mask(pb.wrapping_add(l), hi),
+                    )
+                };
+                let (e0, o0) = s.deinterleave(a0, a1);
+                let (e1, o1) = s.deinterleave(b0, b1);
+                let mut best = e0;
+                let mut k = s.zero();
+                for (c, kk) in [(o0, 1.0), (e1, 2.0), (o1, 3.0)] {
+                    let take = s.or(s.gt(c, best), s.is_nan(c));
+                    best = s.select(take, c, best);
+                    k = s.select(take, s.splat(kk), k);
+                }
+                let o = oh * out_w + ow;
+                // SAFETY: outputs o .. o + n of this plane exist (`out` holds out_h·out_w);
+                // lanes past n are masked off. `won` holds 16 >= LANES floats.
+                unsafe {
+                    s.store_mask(
+                        out.as_mut_ptr().add(o),
+                        s.mask(((1u64 << n) - 1) as u32),
+                        best,
+                    );
+                    s.store(won.as_mut_ptr(), k);
+                }
+                for (j, (d, &w)) in idx[o..o + n].iter_mut().zip(&won).enumerate() {
+                    *d = (row_a + 2 * (ow + j) + offs[w as usize]) as u32;
+                }
+                ow += n;
             }
-            let o = oh * out_w + ow;
-            // SAFETY: outputs o .. o + n of this plane exist (`out`/`idx` hold out_h·out_w);
-            // lanes past n are masked off.
-            unsafe {
-                _mm512_mask_storeu_ps(out.as_mut_ptr().add(o), m_out, best);
-                _mm512_mask_storeu_epi32(idx.as_mut_ptr().add(o).cast(), m_out, arg);
-            }
-            ow += n;
         }
     }
 }
@@ -758,13 +767,11 @@ mod tests {
                 .collect();
             let n = batch * g.out_len();
             let (mut ys, mut is) = (vec![0.0; n], vec![0; n]);
-            max_pool2d_train_forward_with(&g, batch, &x, &mut ys, &mut is, Isa::Portable);
-            for isa in [Isa::Avx2, Isa::Avx512] {
-                if !isa.is_available() {
-                    continue;
-                }
+            // The scalar loops (no vector kernel) are the reference.
+            max_pool2d_train_forward_with(&g, batch, &x, &mut ys, &mut is, None);
+            for isa in Isa::available() {
                 let (mut y, mut i) = (vec![1.5; n], vec![7; n]);
-                max_pool2d_train_forward_with(&g, batch, &x, &mut y, &mut i, isa);
+                max_pool2d_train_forward_with(&g, batch, &x, &mut y, &mut i, Some(isa));
                 assert_eq!(i, is, "{h}x{w} {isa:?} indices");
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&y), bits(&ys), "{h}x{w} {isa:?} values");

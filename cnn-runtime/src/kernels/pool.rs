@@ -62,33 +62,17 @@ fn max_pool2d_with(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f3
         && g.dilation_w == 1
         && 2 * oh_n <= ih
         && 2 * ow_n <= iw;
-    #[cfg(target_arch = "x86_64")]
-    if simple_2x2 && isa == Isa::Avx512 {
+    if simple_2x2 {
         planes(input, ih * iw, output, oh_n * ow_n, |x, y| {
             for (oh, yrow) in y.chunks_exact_mut(ow_n).enumerate() {
                 let r0 = &x[2 * oh * iw..][..2 * ow_n];
                 let r1 = &x[(2 * oh + 1) * iw..][..2 * ow_n];
-                // SAFETY: `isa` is available (asserted above), so avx512f is.
-                unsafe { max_2x2_row_avx512(r0, r1, yrow) };
+                crate::simd::dispatch(isa, Max2x2Row { r0, r1, y: yrow });
             }
         });
         return;
     }
     planes(input, ih * iw, output, oh_n * ow_n, |x, y| {
-        if simple_2x2 {
-            for (oh, yrow) in y.chunks_exact_mut(ow_n).enumerate() {
-                let r0 = &x[2 * oh * iw..][..2 * ow_n];
-                let r1 = &x[(2 * oh + 1) * iw..][..2 * ow_n];
-                for ((o, a), b) in yrow
-                    .iter_mut()
-                    .zip(r0.chunks_exact(2))
-                    .zip(r1.chunks_exact(2))
-                {
-                    *o = nan_max(nan_max(nan_max(a[0], a[1]), b[0]), b[1]);
-                }
-            }
-            return;
-        }
         for oh in 0..oh_n {
             let h0 = (oh * g.stride_h) as isize - g.pad_h as isize;
             for ow in 0..ow_n {
@@ -114,52 +98,56 @@ fn max_pool2d_with(g: &Pool2dGeom, batch: usize, input: &[f32], output: &mut [f3
 }
 
 /// One output row of a 2×2, stride-2 max pool: `y[i] = max(r0[2i], r0[2i+1], r1[2i], r1[2i+1])`
-/// with NaN propagation, 16 outputs per step.
-///
-/// # Safety
-/// The CPU must support avx512f.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn max_2x2_row_avx512(r0: &[f32], r1: &[f32], y: &mut [f32]) {
-    use std::arch::x86_64::*;
-    assert!(r0.len() >= 2 * y.len() && r1.len() >= 2 * y.len());
-    // PyTorch's `v > m || isnan(v) ? v : m`: max_ps(v, m) is `v > m ? v : m`, then NaN
-    // lanes of `v` are copied over (NaN lanes of `m` already survive).
-    let nan_max = |m: __m512, v: __m512| {
-        let mx = _mm512_max_ps(v, m);
-        _mm512_mask_mov_ps(mx, _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), v)
-    };
-    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let mut i = 0;
-    while i < y.len() {
-        let n = (y.len() - i).min(16);
-        let lo_n = (2 * n).min(16);
-        let hi_n = 2 * n - lo_n;
-        let lo_m = ((1u32 << lo_n) - 1) as u16;
-        let hi_m = ((1u32 << hi_n) - 1) as u16;
-        // SAFETY: the masks select elements `2i .. 2i + 2n` of `r0`/`r1`, inside the slices
-        // (asserted above); masked-off lanes are not accessed.
-        let (a0, a1, b0, b1) = unsafe {
-            let p0 = r0.as_ptr().add(2 * i);
-            let p1 = r1.as_ptr().add(2 * i);
-            (
-                _mm512_maskz_loadu_ps(lo_m, p0),
-                _mm512_maskz_loadu_ps(hi_m, p0.wrapping_add(16)),
-                _mm512_maskz_loadu_ps(lo_m, p1),
-                _mm512_maskz_loadu_ps(hi_m, p1.wrapping_add(16)),
-            )
-        };
-        // Window order as the scalar path: (r0 even, r0 odd, r1 even, r1 odd).
-        let e0 = _mm512_permutex2var_ps(a0, even, a1);
-        let o0 = _mm512_permutex2var_ps(a0, odd, a1);
-        let e1 = _mm512_permutex2var_ps(b0, even, b1);
-        let o1 = _mm512_permutex2var_ps(b0, odd, b1);
-        let m = nan_max(nan_max(nan_max(e0, o0), e1), o1);
-        // SAFETY: lanes `0..n` are outputs `i .. i + n` of `y`.
-        unsafe { _mm512_mask_storeu_ps(y.as_mut_ptr().add(i), ((1u32 << n) - 1) as u16, m) };
-        i += n;
+/// in that order with PyTorch's rule (a greater value or a NaN takes over), `LANES` outputs per
+/// step from the even and odd columns of two vectors of each row; the last partial step reads
+/// with masked loads. One source for every instruction set.
+struct Max2x2Row<'a> {
+    r0: &'a [f32],
+    r1: &'a [f32],
+    y: &'a mut [f32],
+}
+
+impl crate::simd::Kernel for Max2x2Row<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<S: crate::simd::Simd>(self, s: S) {
+        let Self { r0, r1, y } = self;
+        assert!(r0.len() >= 2 * y.len() && r1.len() >= 2 * y.len());
+        let l = S::LANES;
+        let mut i = 0;
+        while i < y.len() {
+            let n = (y.len() - i).min(l);
+            let lo = s.mask(((1u64 << (2 * n).min(l)) - 1) as u32);
+            let hi = s.mask(((1u64 << (2 * n).saturating_sub(l)) - 1) as u32);
+            // SAFETY: the masks select elements `2i .. 2i + 2n` of `r0` / `r1`, inside the
+            // slices (asserted above); masked-off lanes are not accessed.
+            let (a0, a1, b0, b1) = unsafe {
+                let p0 = r0.as_ptr().add(2 * i);
+                let p1 = r1.as_ptr().add(2 * i);
+                (
+                    s.load_mask(p0, lo),
+                    s.load_mask(p0.wrapping_add(l), hi),
+                    s.load_mask(p1, lo),
+                    s.load_mask(p1.wrapping_add(l), hi),
+                )
+            };
+            let (e0, o0) = s.deinterleave(a0, a1);
+            let (e1, o1) = s.deinterleave(b0, b1);
+            let m = vnan_max(s, vnan_max(s, vnan_max(s, e0, o0), e1), o1);
+            // SAFETY: lanes `0..n` are outputs `i .. i + n` of `y`.
+            unsafe { s.store_mask(y.as_mut_ptr().add(i), s.mask(((1u64 << n) - 1) as u32), m) };
+            i += n;
+        }
     }
+}
+
+/// [`nan_max`] per lane: `max(v, m)` is `v > m ? v : m`; NaN lanes of `v` are then copied over
+/// (NaN lanes of `m` already survive). A function, not a closure: closures do not inherit the
+/// caller's target features.
+#[inline(always)]
+fn vnan_max<S: crate::simd::Simd>(s: S, m: S::V, v: S::V) -> S::V {
+    s.select(s.is_nan(v), v, s.max(v, m))
 }
 
 /// `nn.AvgPool2d` forward (`dilation` must be 1). The divisor follows PyTorch: the window is
@@ -290,7 +278,7 @@ mod tests {
     fn check_max(g: &Pool2dGeom, batch: usize, x: &[f32]) {
         let mut want = vec![0.0; batch * g.out_len()];
         reference::max_pool2d(g, batch, x, &mut want);
-        for isa in [Isa::Portable, Isa::detect()] {
+        for isa in Isa::available() {
             let mut got = vec![0.0; batch * g.out_len()];
             max_pool2d_with(g, batch, x, &mut got, isa);
             assert_close(&got, &want, 1, &format!("max_pool2d {g:?} {isa:?}"));
