@@ -264,17 +264,21 @@ impl Optimizer for Sgd {
         );
         let damp = (1.0 - self.dampening) as f32;
         let nesterov = self.nesterov;
+        let isa = crate::kernels::Isa::detect();
         for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
             let mut buf = self.bufs.get_mut(i).filter(|_| use_buf);
-            for (j, (t, &g0)) in p.iter_mut().zip(g.iter()).enumerate() {
-                let mut d = if wd != 0.0 { g0 + wd * *t } else { g0 };
-                if let Some(buf) = buf.as_deref_mut() {
-                    let b = &mut buf[j];
-                    *b = if first { d } else { *b * mu + damp * d };
-                    d = if nesterov { d + mu * *b } else { *b };
+            // Compiled for the kernels' ISA (auto-vectorised at its width).
+            crate::simd::vectorized(isa, || {
+                for (j, (t, &g0)) in p.iter_mut().zip(g.iter()).enumerate() {
+                    let mut d = if wd != 0.0 { g0 + wd * *t } else { g0 };
+                    if let Some(buf) = buf.as_deref_mut() {
+                        let b = &mut buf[j];
+                        *b = if first { d } else { *b * mu + damp * d };
+                        d = if nesterov { d + mu * *b } else { *b };
+                    }
+                    *t += -lr * d;
                 }
-                *t += -lr * d;
-            }
+            });
         }
         self.steps += 1;
     }
@@ -514,13 +518,15 @@ impl Optimizer for Adam {
                 WeightDecay::L2(wd)
             },
         };
+        let isa = crate::kernels::Isa::detect();
         for ((p, g), st) in params.iter_mut().zip(grads).zip(&mut self.state) {
             let (m, rest) = st.split_at_mut(1);
             let (v, vmax) = rest.split_at_mut(1);
             let vmax = vmax.first_mut().map(|x| &mut x[..]);
             // One loop per case, no branches inside: the compiler vectorises each (the
-            // per-element arithmetic, and so the result, is the same in every case).
-            match (k.wd, vmax) {
+            // per-element arithmetic, and so the result, is the same in every case), at the
+            // width of the kernels' ISA.
+            crate::simd::vectorized(isa, || match (k.wd, vmax) {
                 (WeightDecay::None, None) => {
                     adam_loop(p, g, &mut m[0], &mut v[0], &k, |_, g| g, None)
                 }
@@ -544,7 +550,7 @@ impl Optimizer for Adam {
                     }
                     adam_loop(p, g, &mut m[0], &mut v[0], &k, |_, g| g, Some(mx))
                 }
-            }
+            });
         }
     }
     fn lr(&self) -> f64 {

@@ -10,31 +10,38 @@ use super::check_len;
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
 
+/// `y = f(x)` per element, each chunk's loop compiled for the kernels' ISA
+/// ([`crate::simd::vectorized`]).
 fn map(input: &[f32], output: &mut [f32], what: &str, f: impl Fn(f32) -> f32 + Sync) {
     check_len(what, output.len(), input.len());
+    let isa = super::Isa::detect();
+    let run = |y: &mut [f32], x: &[f32]| {
+        crate::simd::vectorized(isa, || {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = f(x);
+            }
+        })
+    };
     if input.len() <= CHUNK {
-        for (y, &x) in output.iter_mut().zip(input) {
-            *y = f(x);
-        }
+        run(output, input);
         return;
     }
     output
         .par_chunks_mut(CHUNK)
         .zip(input.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = f(x);
-            }
-        });
+        .for_each(|(y, x)| run(y, x));
 }
 
+/// `x = f(x)` per element, as [`map`].
 fn map_inplace(x: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
+    let isa = super::Isa::detect();
+    let run =
+        |c: &mut [f32]| crate::simd::vectorized(isa, || c.iter_mut().for_each(|v| *v = f(*v)));
     if x.len() <= CHUNK {
-        x.iter_mut().for_each(|v| *v = f(*v));
+        run(x);
         return;
     }
-    x.par_chunks_mut(CHUNK)
-        .for_each(|c| c.iter_mut().for_each(|v| *v = f(*v)));
+    x.par_chunks_mut(CHUNK).for_each(run);
 }
 
 #[inline(always)]
