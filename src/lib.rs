@@ -18,6 +18,7 @@ pub mod __private {
     };
     pub use cnn_runtime::kernels;
     pub use cnn_runtime::kernels::{Activation as KernelActivation, PackedConv};
+    pub use cnn_runtime::lanes;
     pub use cnn_runtime::optim::Optimizer;
     pub use cnn_runtime::support::*;
     pub use cnn_runtime::train::Trainer;

@@ -212,7 +212,16 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
     let mut conv_inits = Vec::new();
     let mut conv_scratch = Vec::new();
     let mut body = Vec::new();
+    // The lane path of the leading steps (see `Plan::lane_prefix`): `lane_body` runs them on
+    // the two lane buffers `l0`/`l1` (`lcur` holds the current activation), for batches that
+    // fill slots of 16; `body[..lane_end]` stays the image-major path for the others.
+    let lane_end = p.lane_prefix();
+    let mut lane_body = Vec::new();
+    let mut lane_scratch = Vec::new();
+    let mut lcur = 0usize;
+    let lbuf = |k: usize| if k == 0 { quote!(l0) } else { quote!(l1) };
     for (i, s) in p.steps.iter().enumerate() {
+        let in_lanes = i < lane_end;
         let g = format_ident!("G{}", i);
         let n_out = lit(s.out_len);
         let path_doc = format!("step {i}: {}", s.path);
@@ -265,6 +274,14 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 body.push(quote! {
                     convs.#f.run(batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch], scratch);
                 });
+                if in_lanes {
+                    let (ls, ld) = (lbuf(lcur), lbuf(1 - lcur));
+                    lane_scratch.push(quote!(#rt::lanes::conv2d_lanes_scratch_len(&Self::#g)));
+                    lane_body.push(quote! {
+                        #rt::lanes::conv2d_lanes(&Self::#g, slots, &#ls[..#n_in * lb], &tensors.#w, #b, #act, &mut #ld[..#n_out * lb], scratch);
+                    });
+                    lcur = 1 - lcur;
+                }
             }
             Op::Pool2d {
                 kind,
@@ -290,6 +307,13 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 body.push(quote! {
                     #rt::kernels::#f(&Self::#g, batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch]);
                 });
+                if in_lanes {
+                    let (ls, ld) = (lbuf(lcur), lbuf(1 - lcur));
+                    lane_body.push(quote! {
+                        #rt::lanes::max_pool2d_lanes(&Self::#g, slots, &#ls[..#n_in * lb], &mut #ld[..#n_out * lb]);
+                    });
+                    lcur = 1 - lcur;
+                }
             }
             Op::AdaptiveAvgPool2d {
                 channels,
@@ -332,24 +356,22 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
             }
             Op::Activation { act, .. } => {
                 let copy = copy_in(&src, &dst);
-                let call = match act {
-                    Activation::Relu => {
-                        quote!(#rt::kernels::relu_inplace(&mut #dst[..#n_out * batch]))
-                    }
+                let act_call = |buf: &TokenStream, n: TokenStream| match act {
+                    Activation::Relu => quote!(#rt::kernels::relu_inplace(&mut #buf[..#n])),
                     Activation::LeakyRelu(a) => {
                         let a = Literal::f32_suffixed(*a);
-                        quote!(#rt::kernels::leaky_relu_inplace(#a, &mut #dst[..#n_out * batch]))
+                        quote!(#rt::kernels::leaky_relu_inplace(#a, &mut #buf[..#n]))
                     }
-                    Activation::Sigmoid => {
-                        quote!(#rt::kernels::sigmoid_inplace(&mut #dst[..#n_out * batch]))
-                    }
-                    Activation::Tanh => {
-                        quote!(#rt::kernels::tanh_inplace(&mut #dst[..#n_out * batch]))
-                    }
-                    Activation::Gelu => {
-                        quote!(#rt::kernels::gelu_inplace(&mut #dst[..#n_out * batch]))
-                    }
+                    Activation::Sigmoid => quote!(#rt::kernels::sigmoid_inplace(&mut #buf[..#n])),
+                    Activation::Tanh => quote!(#rt::kernels::tanh_inplace(&mut #buf[..#n])),
+                    Activation::Gelu => quote!(#rt::kernels::gelu_inplace(&mut #buf[..#n])),
                 };
+                let call = act_call(&dst, quote!(#n_out * batch));
+                if in_lanes {
+                    // Element-wise: the zero lanes of missing images stay harmless.
+                    let c = act_call(&lbuf(lcur), quote!(#n_out * lb));
+                    lane_body.push(quote!(#c;));
+                }
                 body.push(quote! {
                     #copy
                     #call;
@@ -410,6 +432,46 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
         Loc::Buf(1) => quote!(b1),
         _ => quote!(b0),
     };
+    let lane_len = lit(p.lane_len());
+    let (image_prefix, image_rest) = body.split_at(lane_end);
+    let steps = if lane_end == 0 {
+        quote!(#(#body)*)
+    } else {
+        let last = &p.steps[lane_end - 1];
+        let n_last = lit(last.out_len);
+        let lfinal = lbuf(lcur);
+        let bfinal = match last.dst {
+            Loc::Buf(1) => quote!(b1),
+            _ => quote!(b0),
+        };
+        quote! {
+            if #rt::lanes_pay(batch) {
+                let slots = #rt::lanes::lane_slots(batch);
+                let lb = slots * #rt::lanes::LANES;
+                let [l0, l1] = lanes;
+                #rt::lanes::to_lanes(batch, #input_len, x, &mut l0[..#input_len * lb]);
+                #(#lane_body)*
+                #rt::lanes::from_lanes(batch, #n_last, &#lfinal[..#n_last * lb], &mut #bfinal[..#n_last * batch]);
+            } else {
+                #(#image_prefix)*
+            }
+            #(#image_rest)*
+        }
+    };
+    let lane_reserve = if lane_end == 0 {
+        quote!()
+    } else {
+        quote! {
+            if batch >= #rt::lanes::LANES {
+                let lb = #rt::lanes::lane_slots(batch) * #rt::lanes::LANES;
+                for l in &mut self.lanes {
+                    l.grow(Self::LANE_LEN * lb);
+                }
+                let lane_need = [#(#lane_scratch),*].into_iter().max().unwrap_or(0);
+                self.scratch.grow(lane_need);
+            }
+        }
+    };
     let copy_input_if_no_steps = if p.output == Loc::Input {
         quote!(b0[..#output_len * batch].copy_from_slice(&x[..#output_len * batch]);)
     } else {
@@ -449,6 +511,8 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
             tensors: #tensors_struct,
             convs: #convs_struct,
             bufs: [#rt::AlignedBuf; 2],
+            /// Lane buffers of the leading steps (empty when the model has no lane prefix).
+            lanes: [#rt::AlignedBuf; 2],
             scratch: #rt::AlignedBuf,
             capacity: usize,
             threads: usize,
@@ -490,6 +554,9 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
             pub const SUMMARY: &'static str = #summary;
             /// Per-image length of each activation buffer.
             const BUF_LEN: usize = #buf_len;
+            /// Per-image length of each lane buffer (0: no lane prefix).
+            #[allow(dead_code)]
+            const LANE_LEN: usize = #lane_len;
             /// `state_dict` names in order.
             pub const TENSOR_NAMES: [&'static str; #n_tensors] = [#(#tensor_names),*];
             #(#consts)*
@@ -523,7 +590,7 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
 
             fn from_tensors(tensors: #tensors_struct) -> Self {
                 let convs = #convs_struct { #(#conv_inits,)* };
-                Self { tensors, convs, bufs: [#rt::AlignedBuf::default(), #rt::AlignedBuf::default()], scratch: #rt::AlignedBuf::default(), capacity: 0, threads: 0 }
+                Self { tensors, convs, bufs: [#rt::AlignedBuf::default(), #rt::AlignedBuf::default()], lanes: [#rt::AlignedBuf::default(), #rt::AlignedBuf::default()], scratch: #rt::AlignedBuf::default(), capacity: 0, threads: 0 }
             }
 
             /// Loads a safetensors file with PyTorch `state_dict` names; every missing, extra,
@@ -559,6 +626,7 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 for b in &mut self.bufs {
                     b.grow(Self::BUF_LEN * batch);
                 }
+                #lane_reserve
                 self.capacity = batch;
                 self.threads = threads.max(self.threads);
             }
@@ -568,11 +636,11 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 let batch = input.len();
                 self.reserve(batch);
                 let x: &[f32] = input.as_flattened();
-                let Self { tensors, convs, bufs, scratch, .. } = self;
-                let _ = (&tensors, &convs, &scratch);
+                let Self { tensors, convs, bufs, scratch, lanes, .. } = self;
+                let _ = (&tensors, &convs, &scratch, &lanes);
                 let [b0, b1] = bufs;
                 #copy_input_if_no_steps
-                #(#body)*
+                #steps
                 let out: &[f32] = &#out_buf[..#output_len * batch];
                 out.as_chunks::<#output_len>().0
             }

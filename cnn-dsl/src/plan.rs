@@ -9,6 +9,7 @@
 //! follow this plan, so they allocate nothing per call once sized for a batch.
 
 use crate::check::{Activation, CheckedModel, Op, ParamTensor};
+use crate::ir::PoolKind;
 
 /// Where a step reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,45 @@ impl Plan {
     /// Activation memory of the plan for `batch` images, in floats (two buffers).
     pub fn activation_floats(&self, batch: usize) -> usize {
         2 * self.buffer_len * batch
+    }
+
+    /// How many leading steps can run on lane tensors (slots of 16 images, see the runtime's
+    /// `lanes` module) for batches that fill their slots: convolutions (fused activations
+    /// included), max pools and element-wise activations, ending at a step that writes a
+    /// buffer, with at least one convolution among them (otherwise the conversions would
+    /// cost more than they save). 0 when no prefix qualifies. The interpreter and the
+    /// generated code both follow it.
+    pub fn lane_prefix(&self) -> usize {
+        let mut end = 0;
+        let mut convs = 0;
+        for (k, step) in self.steps.iter().enumerate() {
+            let ok = matches!(
+                step.op,
+                Op::Conv2d { .. }
+                    | Op::Pool2d {
+                        kind: PoolKind::Max,
+                        ..
+                    }
+                    | Op::Activation { .. }
+            );
+            if !ok || !matches!(step.dst, Loc::Buf(_)) {
+                break;
+            }
+            convs += usize::from(matches!(step.op, Op::Conv2d { .. }));
+            end = k + 1;
+        }
+        if convs == 0 { 0 } else { end }
+    }
+
+    /// Per-image length of the lane buffers of [`Plan::lane_prefix`]: the largest of the
+    /// input and the prefix's outputs.
+    pub fn lane_len(&self) -> usize {
+        self.steps[..self.lane_prefix()]
+            .iter()
+            .map(|s| s.out_len)
+            .chain([self.input_len()])
+            .max()
+            .unwrap_or(0)
     }
 }
 

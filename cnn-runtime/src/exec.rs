@@ -205,8 +205,7 @@ impl Executor {
     /// Whether `batch` images run the leading steps on lane tensors: there is a lane prefix,
     /// and at most a quarter of the lanes of the last slot would be idle.
     pub fn uses_lanes(&self, batch: usize) -> bool {
-        let idle = lanes::lane_slots(batch) * LANES - batch;
-        self.lanes_on && self.lane_end > 0 && batch >= LANES && 4 * idle <= batch
+        self.lanes_on && self.lane_end > 0 && crate::support::lanes_pay(batch)
     }
 
     /// A model with PyTorch's default initialisation from `seed`.
@@ -397,32 +396,18 @@ impl Executor {
     }
 }
 
-/// How many leading steps can run on lane tensors: convolutions (fused activations
-/// included), max pools and element-wise activations, with at least one convolution among
-/// them (otherwise the conversions would cost more than they save).
+/// The plan's lane prefix ([`Plan::lane_prefix`]), if every convolution and pool in it has a
+/// geometry the lane kernels take (always so for a checked model).
 fn lane_prefix(plan: &Plan) -> usize {
-    let mut end = 0;
-    let mut convs = 0;
-    for (k, step) in plan.steps.iter().enumerate() {
-        let ok = match &step.op {
-            Op::Conv2d { .. } => {
-                Conv2dGeom::from_op(&step.op).is_some_and(|g| lanes::conv2d_lanes_usable(&g))
-            }
-            Op::Pool2d {
-                kind: PoolKind::Max,
-                ..
-            } => Pool2dGeom::from_op(&step.op).is_some(),
-            Op::Activation { .. } => true,
-            _ => false,
-        };
-        // The lane run ends by converting into the last lane step's plan buffer.
-        if !ok || !matches!(step.dst, Loc::Buf(_)) {
-            break;
+    let end = plan.lane_prefix();
+    let usable = plan.steps[..end].iter().all(|s| match s.op {
+        Op::Conv2d { .. } => {
+            Conv2dGeom::from_op(&s.op).is_some_and(|g| lanes::conv2d_lanes_usable(&g))
         }
-        convs += usize::from(matches!(step.op, Op::Conv2d { .. }));
-        end = k + 1;
-    }
-    if convs == 0 { 0 } else { end }
+        Op::Pool2d { .. } => Pool2dGeom::from_op(&s.op).is_some(),
+        _ => true,
+    });
+    if usable { end } else { 0 }
 }
 
 /// The state of one batch going through the lane prefix: which lane buffer holds the current

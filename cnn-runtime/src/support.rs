@@ -101,3 +101,12 @@ pub fn trainer_for(
         &model, weights, optimizer, seed, threads,
     )?)
 }
+
+/// Whether a batch of `batch` images runs the plan's lane prefix on lane tensors: it fills at
+/// least one slot of 16 and leaves at most a quarter of the last slot's lanes idle. Shared by
+/// the interpreter and the generated code.
+pub fn lanes_pay(batch: usize) -> bool {
+    use crate::lanes::{LANES, lane_slots};
+    let idle = lane_slots(batch) * LANES - batch;
+    batch >= LANES && 4 * idle <= batch
+}
