@@ -6,6 +6,8 @@
 #   - batch 64: throughput ratio cnn / best of (ORT, OpenVINO, TorchScript), naming the best peer
 #     (target >= 1.0x);
 #   - batch 1:  latency ratio cnn p50 / ORT's s/batch (target <= 0.8x).
+# On an AVX-512 machine the avx2 class is forced, and only forced peers count: ORT and OpenVINO
+# are printed but left out of its ratios, and its batch-1 reference is forced-AVX2 TorchScript.
 # cnn is forced with `cnnc bench --isa <class>`. PyTorch is forced to AVX2 on the avx2 class
 # (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2). ONNX Runtime and OpenVINO cannot be forced:
 # they pick their kernels from the CPU, so on an AVX-512 machine their figures in the avx2 class
@@ -60,23 +62,32 @@ for r in $(seq "$rounds"); do
         o=$(peer torch --threads "$t")
       fi
       ts64=$(echo "$o" | field 'torchscript-frozen .*batch=64 ' img/s)
+      ts1=$(us "$(echo "$o" | field 'torchscript-frozen .*batch=1 ' s/batch)")
+      # On an AVX-512 machine the avx2 class is forced: ORT and OpenVINO (which cannot be
+      # forced) are printed but left out of the ratios, and batch 1 is compared with the forced
+      # PyTorch instead of ORT. On an AVX2-only machine every peer runs AVX2 and counts.
+      if [ "$c" = avx2 ] && [ "$classes" != avx2 ]; then
+        b_ort=n/a; b_ov=n/a; ref1=$ts1; refname="TorchScript-AVX2"
+      else
+        b_ort=$ort64; b_ov=$ov64; ref1=$ort1; refname=ORT
+      fi
       # best of plan/specialised: highest images/s at batch 64, lowest p50 latency at batch 1
       c64=$(cnn "$t" "$c" 64 | json images_per_s | sort -g | tail -1)
       c1=$(cnn "$t" "$c" 1 | json latency_us_p50 | sort -g | head -1)
-      echo "$r $c $t $ort64 $ov64 $ts64 $c64 $ort1 $c1" | awk '
+      echo "$r $c $t $b_ort $b_ov $ts64 $c64 $ref1 $c1 $ort64 $ov64 $refname" | awk '
         { r = $1; c = $2; t = $3; n = split("ORT OpenVINO TorchScript", name, " ")
           best = 0; bn = "none"
           for (i = 1; i <= n; i++) { v[i] = $(3 + i); if (v[i] != "n/a" && v[i] + 0 > best) { best = v[i] + 0; bn = name[i] } }
           r64 = (best > 0) ? sprintf("%.3f", $7 / best) : "n/a"
           r1 = ($8 != "n/a" && $8 > 0) ? sprintf("%.3f", $9 / $8) : "n/a"
-          print r, c, t, r64, bn, r1, $4, $5, $6, $7, $8, $9 }' >> "$out"
-      tail -1 "$out" | awk '
+          print r, c, t, r64, bn, r1, $10, $11, $6, $7, $8, $9, $12 }' >> "$out"
+      tail -1 "$out" | awk -v forced="$([ "$c" = avx2 ] && [ "$classes" != avx2 ] && echo 1 || echo 0)" '
         function f(x) { return x == "n/a" ? x : sprintf("%.0f", x) }
         function x(v) { return v == "n/a" ? v : sprintf("%.2fx", v) }
-        { note = ($2 == "avx2") ? " (ORT and OpenVINO are not forced: their own best ISA)" : ""
+        { note = forced ? " (not forced: their AVX-512 figures, left out of the ratio)" : ""
           tsn = ($2 == "avx2") ? "TorchScript (forced AVX2)" : "TorchScript"
-          printf "round %d, %s, %d thread(s): batch 64 img/s ORT %s, OpenVINO %s%s, %s %s; cnn %s (%s best peer, which was %s); batch 1 ORT %s us, cnn %s us (%s ORT latency)\n",
-            $1, $2, $3, f($7), f($8), note, tsn, f($9), f($10), x($4), $5, f($11), f($12), x($6) }'
+          printf "round %d, %s, %d thread(s): batch 64 img/s ORT %s, OpenVINO %s%s, %s %s; cnn %s (%s best counted peer, which was %s); batch 1 %s %s us, cnn %s us (%s latency)\n",
+            $1, $2, $3, f($7), f($8), note, tsn, f($9), f($10), x($4), $5, $13, f($11), f($12), x($6) }'
       if [ "$portable" = 1 ] && [ "$c" = avx2 ]; then
         p64=$(cnn "$t" portable 64 | json images_per_s | sort -g | tail -1)
         echo "$r $t $p64 $c64" | tee -a "$pout" | awk '{printf "round %d, portable, %d thread(s): batch 64 cnn --isa portable %.0f img/s, --isa avx2 %.0f img/s (%.2fx)\n", $1, $2, $3, $4, $3/$4}'
@@ -93,8 +104,12 @@ for c in $classes; do
     m64=$(awk -v c="$c" -v t="$t" '$2 == c && $3 == t {print $4}' "$out" | median)
     m1=$(awk -v c="$c" -v t="$t" '$2 == c && $3 == t {print $6}' "$out" | median)
     bests=$(awk -v c="$c" -v t="$t" '$2 == c && $3 == t {printf "%s%s", sep, $5; sep = " "}' "$out")
-    note=""; [ "$c" = avx2 ] && note=" (ORT and OpenVINO are not forced: their own best ISA; PyTorch forced to AVX2)"
-    echo "median over $rounds round(s), $c, $t thread(s): batch-64 throughput $m64 best peer (target >= 1.0x: $(verdict "$m64" '>=' 1.0); best peer per round: $bests), batch-1 latency $m1 ORT (target <= 0.8x: $(verdict "$m1" '<=' 0.8))$note"
+    ref=ORT; note=""
+    if [ "$c" = avx2 ] && [ "$classes" != avx2 ]; then
+      ref="forced-AVX2 TorchScript"
+      note=" (AVX-512 machine: ORT and OpenVINO cannot be forced to AVX2 and are left out; PyTorch forced to AVX2)"
+    fi
+    echo "median over $rounds round(s), $c, $t thread(s): batch-64 throughput $m64 best peer (target >= 1.0x: $(verdict "$m64" '>=' 1.0); best peer per round: $bests), batch-1 latency $m1 $ref (target <= 0.8x: $(verdict "$m1" '<=' 0.8))$note"
   done
 done
 if [ "$portable" = 1 ]; then
