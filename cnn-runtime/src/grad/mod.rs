@@ -44,11 +44,11 @@ pub use dropout::{DropoutRng, dropout_backward, dropout_train_forward};
 pub use linear::linear_backward;
 pub use loss::{log_softmax_backward, nll_loss, softmax_backward, softmax_cross_entropy};
 pub use norm::{batch_norm2d_backward, batch_norm2d_train_forward};
-pub(crate) use pool::window;
 pub use pool::{
     adaptive_avg_pool2d_backward, avg_pool2d_backward, max_pool2d_backward,
     max_pool2d_relu_backward, max_pool2d_train_forward,
 };
+pub(crate) use pool::{is_plain_2x2, window};
 
 /// Panics with a uniform message unless `slice` has exactly `want` elements.
 #[track_caller]

@@ -119,7 +119,7 @@ fn max_pool2d_train_forward_with(
 }
 
 /// `MaxPool2d(2)` without padding: every window is the full 2 × 2 block at `(2·oh, 2·ow)`.
-fn is_plain_2x2(g: &Pool2dGeom) -> bool {
+pub(crate) fn is_plain_2x2(g: &Pool2dGeom) -> bool {
     (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w) == (2, 2, 2, 2)
         && (g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) == (0, 0, 1, 1)
         && 2 * g.out_h <= g.in_h
