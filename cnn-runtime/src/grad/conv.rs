@@ -1450,6 +1450,12 @@ pub(crate) fn valid_range(
 ) -> (usize, usize) {
     // Need o·stride ≥ a and o·stride < len + a, with a = pad − off.
     let a = pad - off as isize;
+    if stride == 1 {
+        // No divisions: the lane convolution calls this per kernel column for every tile, and
+        // with one input channel two integer divisions cost as much as the tile's FMAs.
+        let hi = (len as isize + a).clamp(0, out as isize) as usize;
+        return ((a.max(0) as usize).min(hi), hi);
+    }
     let s = stride as isize;
     let lo = if a <= 0 { 0 } else { (a + s - 1) / s };
     let b = len as isize + a;
