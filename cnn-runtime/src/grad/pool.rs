@@ -165,23 +165,11 @@ impl crate::simd::Kernel for MaxPlane2x2<'_> {
             let mut ow = 0;
             while ow < out_w {
                 let n = (out_w - ow).min(l);
-                let lo = s.mask(((1u64 << (2 * n).min(l)) - 1) as u32);
-                let hi = s.mask(((1u64 << (2 * n).saturating_sub(l)) - 1) as u32);
                 let pa = x.as_ptr().wrapping_add(row_a + 2 * ow);
                 let pb = pa.wrapping_add(in_w);
-                // SAFETY: the set lanes cover columns 2·ow .. 2·(ow + n) <= 2·out_w <= in_w of
-                // rows 2·oh and 2·oh + 1 < 2·out_h (inside `x`, asserted above); masked-off
-                // lanes are not accessed.
-                let (a0, a1, b0, b1) = unsafe {
-                    (
-                        s.load_mask(pa, lo),
-                        s.load_mask(pa.wrapping_add(l), hi),
-                        s.load_mask(pb, lo),
-                        s.load_mask(pb.wrapping_add(l), hi),
-                    )
-                };
-                let (e0, o0) = s.deinterleave(a0, a1);
-                let (e1, o1) = s.deinterleave(b0, b1);
+                // SAFETY: columns 2·ow .. 2·(ow + n) <= 2·out_w <= in_w of rows 2·oh and
+                // 2·oh + 1 < 2·out_h are inside `x` (asserted above).
+                let [e0, o0, e1, o1] = unsafe { crate::kernels::window_2x2(s, pa, pb, n) };
                 let mut best = e0;
                 let mut k = s.zero();
                 for (c, kk) in [(o0, 1.0), (e1, 2.0), (o1, 3.0)] {

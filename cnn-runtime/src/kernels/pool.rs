@@ -118,28 +118,47 @@ impl crate::simd::Kernel for Max2x2Row<'_> {
         let mut i = 0;
         while i < y.len() {
             let n = (y.len() - i).min(l);
-            let lo = s.mask(((1u64 << (2 * n).min(l)) - 1) as u32);
-            let hi = s.mask(((1u64 << (2 * n).saturating_sub(l)) - 1) as u32);
-            // SAFETY: the masks select elements `2i .. 2i + 2n` of `r0` / `r1`, inside the
-            // slices (asserted above); masked-off lanes are not accessed.
-            let (a0, a1, b0, b1) = unsafe {
-                let p0 = r0.as_ptr().add(2 * i);
-                let p1 = r1.as_ptr().add(2 * i);
-                (
-                    s.load_mask(p0, lo),
-                    s.load_mask(p0.wrapping_add(l), hi),
-                    s.load_mask(p1, lo),
-                    s.load_mask(p1.wrapping_add(l), hi),
-                )
-            };
-            let (e0, o0) = s.deinterleave(a0, a1);
-            let (e1, o1) = s.deinterleave(b0, b1);
+            // SAFETY: elements `2i .. 2i + 2n` of `r0` / `r1` are inside the slices (asserted
+            // above).
+            let [e0, o0, e1, o1] =
+                unsafe { window_2x2(s, r0.as_ptr().add(2 * i), r1.as_ptr().add(2 * i), n) };
             let m = vnan_max(s, vnan_max(s, vnan_max(s, e0, o0), e1), o1);
             // SAFETY: lanes `0..n` are outputs `i .. i + n` of `y`.
             unsafe { s.store_mask(y.as_mut_ptr().add(i), s.mask(((1u64 << n) - 1) as u32), m) };
             i += n;
         }
     }
+}
+
+/// The four candidates of `n ≤ LANES` consecutive 2 × 2 windows in window order — the even and
+/// the odd columns of the top row `pa`, then of the bottom row `pb` — read with masked loads
+/// (`2n` floats from each row). Shared by the inference and training 2 × 2 pools.
+///
+/// # Safety
+/// `pa .. pa + 2n` and `pb .. pb + 2n` must be readable; masked-off lanes are not accessed.
+#[inline(always)]
+pub(crate) unsafe fn window_2x2<S: crate::simd::Simd>(
+    s: S,
+    pa: *const f32,
+    pb: *const f32,
+    n: usize,
+) -> [S::V; 4] {
+    let l = S::LANES;
+    let lo = s.mask(((1u64 << (2 * n).min(l)) - 1) as u32);
+    let hi = s.mask(((1u64 << (2 * n).saturating_sub(l)) - 1) as u32);
+    // SAFETY: the masks select elements `0 .. 2n` of each row (caller); `wrapping_add` because
+    // the second vector's address may lie past the row when its mask is empty.
+    let (a0, a1, b0, b1) = unsafe {
+        (
+            s.load_mask(pa, lo),
+            s.load_mask(pa.wrapping_add(l), hi),
+            s.load_mask(pb, lo),
+            s.load_mask(pb.wrapping_add(l), hi),
+        )
+    };
+    let (e0, o0) = s.deinterleave(a0, a1);
+    let (e1, o1) = s.deinterleave(b0, b1);
+    [e0, o0, e1, o1]
 }
 
 /// [`nan_max`] per lane: `max(v, m)` is `v > m ? v : m`; NaN lanes of `v` are then copied over
