@@ -7,8 +7,8 @@
 //! across steps or epochs ([`Trainer::memory_bytes`] reports it). A ReLU right after a conv2d is
 //! fused into the convolution (forward epilogue; backward from the saved output).
 //!
-//! On AVX-512 CPUs the leading convolution, max-pool and activation layers run on lane tensors
-//! (16 images per vector, [`crate::lanes`]) for batches that fill their slots of 16 at least
+//! On every instruction set the leading convolution, max-pool and activation layers run on lane
+//! tensors (16 images per slot, [`crate::lanes`]) for batches that fill their slots of 16 at least
 //! three-quarters: the input is converted once, the first other layer (usually the `flatten`
 //! before the classifier) gets its input converted back, and the backward pass converts the
 //! gradient once on the way in. The convolutions then skip the zero padding exactly, and no
@@ -137,7 +137,7 @@ pub struct Trainer {
     masks: Vec<Vec<u8>>,
     scratch: AlignedBuf,
     /// Ops `0..lane_end` can run on lane tensors (16 images per vector, see [`crate::lanes`]);
-    /// 0 when none can (no AVX-512, or the first op is not a convolution).
+    /// 0 when none can (the first op is not a convolution).
     lane_end: usize,
     /// Whether batches that fill their slots well use the lane path (see [`Trainer::set_lanes`]).
     lanes_on: bool,
@@ -578,7 +578,7 @@ impl Trainer {
     }
 
     /// Number of leading layers that run on lane tensors for large enough batches (0 when the
-    /// lane path is unavailable: no AVX-512, or the model does not start with a convolution).
+    /// lane path is unavailable: the model does not start with a convolution).
     pub fn lane_layers(&self) -> usize {
         self.lane_end
     }
@@ -1030,8 +1030,7 @@ fn fused_backward(
 
 /// How many leading ops can run on lane tensors ([`crate::lanes`]): convolutions the lane
 /// kernels handle (the first one needs no input gradient; later ones need theirs as a lane
-/// convolution), max pools and element-wise activations. 0 without AVX-512 or without a
-/// convolution among them.
+/// convolution), max pools and element-wise activations. 0 without a convolution among them.
 fn lane_prefix(ops: &[TOp]) -> usize {
     let mut end = 0;
     let mut convs = 0;

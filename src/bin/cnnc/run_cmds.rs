@@ -478,7 +478,7 @@ fn bench_lanes(
 ) -> anyhow::Result<()> {
     if t.lane_layers() == 0 {
         anyhow::bail!(
-            "`{}` has no lane path on this machine (it needs AVX-512 and a model that starts with a convolution)",
+            "`{}` has no lane path (it needs a model that starts with a convolution)",
             p.name
         );
     }
