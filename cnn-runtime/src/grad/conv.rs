@@ -2,7 +2,7 @@
 //!
 //! - Weight and bias gradient ([`LanePlan`]): 16 images per vector lane; each slot of 16 images
 //!   accumulates `d_out · shifted input` in 4 × 4 register tiles over every output position,
-//!   AVX-512 or portable ([`Isa`]); slots are summed in order.
+//!   one kernel source for every ISA ([`crate::simd`]); slots are summed in order.
 //! - Input gradient, stride 1: the forward convolution kernel ([`kernels::conv2d`]) run on
 //!   `d_out` with the flipped, transposed weights, for the whole batch.
 //! - Input gradient otherwise (strides, or a transposed padding that would be negative), per
@@ -554,7 +554,7 @@ impl Slot<'_> {
     }
 }
 
-/// Images per vector of the lane weight gradient (one AVX-512 register of `f32`).
+/// Images per slot of the lane weight gradient (one AVX-512 register of `f32`).
 const LANES: usize = 16;
 /// Output channels per register tile of the lane weight gradient.
 const LR: usize = 4;

@@ -21,9 +21,9 @@
 //! - [`reference`](mod@reference) holds a naive, obviously correct version of every kernel (accumulating in
 //!   `f64`); the tests compare the fast kernels against it.
 //!
-//! The convolution and the narrow linear layer have AVX-512 and AVX2+FMA paths (chosen at run
-//! time with `is_x86_feature_detected!`) and a portable fallback with the same blocking; all
-//! three are tested, see [`Isa`].
+//! The SIMD kernels are written once over [`crate::simd`] and instantiated for AVX-512, AVX2+FMA,
+//! NEON and portable Rust, chosen at run time ([`Isa::detect`], `CNN_ISA`); the tests run every
+//! instantiation the CPU has, see [`Isa`].
 
 mod activation;
 mod conv;

@@ -1,8 +1,9 @@
-//! Lane tensors: 16 images per vector, for training the convolutional stack on AVX-512.
+//! Lane tensors: 16 images per slot, for training and batched inference of the convolutional
+//! stack on every instruction set.
 //!
 //! A lane tensor holds a batch in *slots* of 16 images, each slot `[len][16]` for images of
-//! `len` values: for a `[C, H, W]` activation, `[slots][C][H][W][16]`. One AVX-512 vector is
-//! then the same element of 16 images, so a convolution tap is either inside the input for all
+//! `len` values: for a `[C, H, W]` activation, `[slots][C][H][W][16]`. One slot vector (one
+//! AVX-512 register, two AVX2 registers) is then the same element of 16 images, so a convolution tap is either inside the input for all
 //! lanes or for none and the zero padding can be skipped exactly ([`conv2d_lanes`]), and
 //! element-wise and pooling operations are the scalar ones applied lane by lane. Lanes of
 //! images missing from a last, partial slot are zeros on entry ([`to_lanes`]); they carry
@@ -25,7 +26,7 @@ use rayon::prelude::*;
 use crate::grad::check_len;
 use crate::kernels::Isa;
 
-/// Images per slot (one AVX-512 vector of `f32`).
+/// Images per slot (one AVX-512 vector of `f32`, two AVX2 vectors, four 4-float vectors).
 pub const LANES: usize = 16;
 
 /// Slots holding `batch` images.
