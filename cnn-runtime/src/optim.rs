@@ -419,6 +419,58 @@ struct AdamConsts {
     wd: WeightDecay,
 }
 
+/// The Adam update of one parameter tensor as a [`crate::simd::Kernel`], so that its loops are
+/// compiled inside each ISA's trampoline and vectorised at its width. (Through
+/// [`crate::simd::vectorized`] the closure was too large for LLVM to inline: it stayed an SSE
+/// function.)
+struct AdamParam<'a> {
+    p: &'a mut [f32],
+    g: &'a [f32],
+    m: &'a mut [f32],
+    v: &'a mut [f32],
+    vmax: Option<&'a mut [f32]>,
+    k: &'a AdamConsts,
+}
+
+impl crate::simd::Kernel for AdamParam<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<S: crate::simd::Simd>(self, _: S) {
+        let Self {
+            p,
+            g,
+            m,
+            v,
+            vmax,
+            k,
+        } = self;
+        // One loop per case, no branches inside: the compiler vectorises each (the per-element
+        // arithmetic, and so the result, is the same in every case).
+        match (k.wd, vmax) {
+            (WeightDecay::None, None) => adam_loop(p, g, m, v, k, |_, g| g, None),
+            (WeightDecay::L2(wd), None) => adam_loop(p, g, m, v, k, |t, g| g + wd * t, None),
+            (WeightDecay::Decoupled(d), None) => {
+                for t in p.iter_mut() {
+                    *t *= d;
+                }
+                adam_loop(p, g, m, v, k, |_, g| g, None)
+            }
+            (WeightDecay::L2(wd), Some(mx)) => {
+                adam_loop(p, g, m, v, k, |t, g| g + wd * t, Some(mx))
+            }
+            (wdk, Some(mx)) => {
+                if let WeightDecay::Decoupled(d) = wdk {
+                    for t in p.iter_mut() {
+                        *t *= d;
+                    }
+                }
+                adam_loop(p, g, m, v, k, |_, g| g, Some(mx))
+            }
+        }
+    }
+}
+
 /// `torch.optim.Adam`'s element-wise update of one parameter tensor (`grad` maps the
 /// parameter and its gradient to the gradient used, for L2 weight decay); with `vmax`, AMSGrad.
 #[inline(always)]
@@ -523,34 +575,15 @@ impl Optimizer for Adam {
             let (m, rest) = st.split_at_mut(1);
             let (v, vmax) = rest.split_at_mut(1);
             let vmax = vmax.first_mut().map(|x| &mut x[..]);
-            // One loop per case, no branches inside: the compiler vectorises each (the
-            // per-element arithmetic, and so the result, is the same in every case), at the
-            // width of the kernels' ISA.
-            crate::simd::vectorized(isa, || match (k.wd, vmax) {
-                (WeightDecay::None, None) => {
-                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |_, g| g, None)
-                }
-                (WeightDecay::L2(wd), None) => {
-                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |t, g| g + wd * t, None)
-                }
-                (WeightDecay::Decoupled(d), None) => {
-                    for t in p.iter_mut() {
-                        *t *= d;
-                    }
-                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |_, g| g, None)
-                }
-                (WeightDecay::L2(wd), Some(mx)) => {
-                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |t, g| g + wd * t, Some(mx))
-                }
-                (wdk, Some(mx)) => {
-                    if let WeightDecay::Decoupled(d) = wdk {
-                        for t in p.iter_mut() {
-                            *t *= d;
-                        }
-                    }
-                    adam_loop(p, g, &mut m[0], &mut v[0], &k, |_, g| g, Some(mx))
-                }
-            });
+            let step = AdamParam {
+                p,
+                g,
+                m: &mut m[0],
+                v: &mut v[0],
+                vmax,
+                k: &k,
+            };
+            crate::simd::dispatch(isa, step);
         }
     }
     fn lr(&self) -> f64 {

@@ -126,9 +126,11 @@ pub fn dispatch<K: Kernel>(isa: Isa, k: K) -> K::Out {
 
 /// Runs `f` compiled for `isa`: element-wise loops written in plain Rust (activations,
 /// optimizer updates, loss) are auto-vectorised with the ISA's full vector width instead of
-/// the target's baseline (SSE2 on x86-64). Use it around a loop nest, not per element: the
-/// closure must be inlined into the per-ISA trampoline, which one call site guarantees in
-/// practice (`closures_compile_per_isa` checks the result is the same on every ISA).
+/// the target's baseline (SSE2 on x86-64). Only for small loop bodies: the closure is a function
+/// of its own, compiled without the ISA's features, and only gains them when LLVM inlines it
+/// into the trampoline, which it does for a short loop but not for a large body (the Adam
+/// update stayed SSE code this way and is a [`Kernel`] instead). `closures_compile_per_isa`
+/// checks the result is the same on every ISA.
 #[inline]
 pub fn vectorized<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
     struct Auto<F>(F);
