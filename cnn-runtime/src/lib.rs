@@ -16,6 +16,7 @@ pub mod init;
 pub mod lanes;
 pub mod support;
 pub mod train;
+mod util;
 
 pub use error::Error;
 pub mod io;

@@ -7,7 +7,8 @@
 
 use rayon::prelude::*;
 
-use super::{ELEMWISE_CHUNK, check_len};
+use super::ELEMWISE_CHUNK;
+use crate::util::check_len;
 
 fn map2(name: &str, s: &[f32], dy: &[f32], dx: &mut [f32], f: impl Fn(f32, f32) -> f32 + Sync) {
     check_len(name, dy.len(), s.len());

@@ -13,9 +13,12 @@
 
 use rayon::prelude::*;
 
-use super::{Mat, check_len, gemm_f32};
+use super::{Mat, gemm_f32};
 use crate::geom::Conv2dGeom;
+use crate::geom::valid_range;
 use crate::kernels::{self, Isa};
+use crate::lanes::{LANES, interleave};
+use crate::util::check_len;
 
 /// Output columns (images × output positions) per weight-gradient GEMM: big enough to keep the
 /// GEMM efficient, small enough that the im2col buffer stays near the L2 cache.
@@ -554,8 +557,6 @@ impl Slot<'_> {
     }
 }
 
-/// Images per slot of the lane weight gradient (one AVX-512 register of `f32`).
-const LANES: usize = 16;
 /// Output channels per register tile of the lane weight gradient.
 const LR: usize = 4;
 /// Kernel taps per register tile (`LR × LT` accumulators, `LR + LT` loads per output position;
@@ -1000,60 +1001,6 @@ fn lane_slot(lp: &LanePlan, g: &Conv2dGeom, src: LaneSrc, sc: &mut [f32]) {
     }
 }
 
-/// `dst[k·16 + b] = rows[b][k]` for every `k`, zero for lanes `b ≥ rows.len()`: up to 16 equal
-/// rows (one per image) interleaved into vectors of 16 lanes.
-pub(crate) fn interleave(isa: Isa, rows: &[&[f32]], dst: &mut [f32]) {
-    let m = dst.len() / LANES;
-    assert!(
-        rows.len() <= LANES && dst.len() == m * LANES && rows.iter().all(|r| r.len() == m),
-        "interleave: {} rows for {} columns",
-        rows.len(),
-        m
-    );
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512 {
-        // SAFETY: avx512f is available for `Isa::Avx512`; the assert above gives every row
-        // exactly `m` elements and `dst` `m` vectors, which bound the masked loads and the
-        // stores of `interleave_avx512`.
-        unsafe { interleave_avx512(rows, dst, m) };
-        return;
-    }
-    let _ = isa;
-    for (k, d) in dst.chunks_exact_mut(LANES).enumerate() {
-        for (b, v) in d.iter_mut().enumerate() {
-            *v = rows.get(b).map_or(0.0, |r| r[k]);
-        }
-    }
-}
-
-/// [`interleave`] by 16 × 16 in-register transposes of masked row loads.
-///
-/// # Safety
-/// avx512f must be available; `rows.len() ≤ 16`, each row has `m` elements, `dst` `16·m`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn interleave_avx512(rows: &[&[f32]], dst: &mut [f32], m: usize) {
-    use std::arch::x86_64::{_mm512_maskz_loadu_ps, _mm512_setzero_ps, _mm512_storeu_ps};
-    let dp = dst.as_mut_ptr();
-    let mut k0 = 0;
-    while k0 < m {
-        let cols = LANES.min(m - k0);
-        let mask = ((1u32 << cols) - 1) as u16;
-        let mut r = [_mm512_setzero_ps(); LANES];
-        for (v, row) in r.iter_mut().zip(rows) {
-            // SAFETY: lanes `< cols` read row[k0..k0 + cols], inside the row; masked-off lanes
-            // are not accessed.
-            *v = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(k0)) };
-        }
-        let t = crate::lanes::transpose16(r);
-        for (j, col) in t.iter().enumerate().take(cols) {
-            // SAFETY: column k0 + j < m, so its vector lies inside `dst` (16·m floats).
-            unsafe { _mm512_storeu_ps(dp.add((k0 + j) * LANES), *col) };
-        }
-        k0 += LANES;
-    }
-}
-
 /// Runs the `R × nt` tile kernel for the instruction set, after checking every load it will
 /// make lies inside `dy` and `x`.
 fn tile_dispatch<const R: usize>(
@@ -1437,31 +1384,6 @@ fn add_row(d: &mut [f32], s: &[f32]) {
         d[k] += s[k];
         k += 1;
     }
-}
-
-/// Output positions `o < out` whose source coordinate `o·stride + off − pad` lies in `0..len`,
-/// as a half-open range (empty ranges come back as `(hi, hi)`).
-pub(crate) fn valid_range(
-    out: usize,
-    stride: usize,
-    off: usize,
-    pad: isize,
-    len: usize,
-) -> (usize, usize) {
-    // Need o·stride ≥ a and o·stride < len + a, with a = pad − off.
-    let a = pad - off as isize;
-    if stride == 1 {
-        // No divisions: the lane convolution calls this per kernel column for every tile, and
-        // with one input channel two integer divisions cost as much as the tile's FMAs.
-        let hi = (len as isize + a).clamp(0, out as isize) as usize;
-        return ((a.max(0) as usize).min(hi), hi);
-    }
-    let s = stride as isize;
-    let lo = if a <= 0 { 0 } else { (a + s - 1) / s };
-    let b = len as isize + a;
-    let hi = if b <= 0 { 0 } else { (b + s - 1) / s };
-    let hi = (hi as usize).min(out);
-    ((lo as usize).min(hi), hi)
 }
 
 /// Direct-loop backward of `nn.Conv2d`, single-threaded, accumulating in `f64`: the slow, obvious
@@ -2024,28 +1946,6 @@ mod tests {
             assert_close("d_input", &got.0, &to_f64(&want.0), 1e-4, 1e-4);
             assert_close("d_weight", &got.1, &to_f64(&want.1), 2e-3, 1e-4);
             assert_close("d_bias", &got.2, &to_f64(&want.2), 2e-3, 1e-4);
-        }
-    }
-
-    #[test]
-    fn interleave_matches_definition_on_both_isas() {
-        for isa in Isa::available() {
-            for m in [1, 7, 16, 17, 33] {
-                for n in [1, 5, 16] {
-                    let data: Vec<Vec<f32>> = (0..n)
-                        .map(|b| (0..m).map(|k| (b * 100 + k) as f32).collect())
-                        .collect();
-                    let rows: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
-                    let mut dst = vec![f32::NAN; m * LANES];
-                    interleave(isa, &rows, &mut dst);
-                    for k in 0..m {
-                        for b in 0..LANES {
-                            let want = if b < n { (b * 100 + k) as f32 } else { 0.0 };
-                            assert_eq!(dst[k * LANES + b], want, "{isa:?} m={m} n={n} k={k} b={b}");
-                        }
-                    }
-                }
-            }
         }
     }
 

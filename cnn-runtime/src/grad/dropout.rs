@@ -1,6 +1,6 @@
 //! `nn.Dropout` in training mode: a seeded mask, scaling by `1/(1 − p)`, and its backward.
 
-use super::check_len;
+use crate::util::check_len;
 
 /// A small seeded generator (SplitMix64) for dropout masks.
 ///

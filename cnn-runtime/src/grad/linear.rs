@@ -1,7 +1,8 @@
 //! Backward of `nn.Linear`.
 
-use super::{Mat, check_len, gemm_f32};
+use super::{Mat, gemm_f32};
 use crate::geom::LinearGeom;
+use crate::util::check_len;
 
 /// Backward of `nn.Linear` (`y = x·Wᵀ + b`) for a batch.
 ///

@@ -4,7 +4,7 @@
 //! losses. Losses use PyTorch's default `reduction="mean"` (an empty batch gives NaN, as in
 //! PyTorch); row sums are accumulated in `f64`.
 
-use super::check_len;
+use crate::util::check_len;
 
 fn label_index<L: Copy + Into<usize>>(what: &str, l: L, classes: usize) -> usize {
     let y = l.into();

@@ -39,7 +39,6 @@ pub use conv::{
     conv2d_backward, conv2d_backward_lanes, conv2d_backward_lanes_scratch_len,
     conv2d_backward_reference, conv2d_backward_scratch_len, lanes_input_grad_supported,
 };
-pub(crate) use conv::{interleave, valid_range};
 pub use dropout::{DropoutRng, dropout_backward, dropout_train_forward};
 pub use linear::linear_backward;
 pub use loss::{log_softmax_backward, nll_loss, softmax_backward, softmax_cross_entropy};
@@ -48,16 +47,6 @@ pub use pool::{
     adaptive_avg_pool2d_backward, avg_pool2d_backward, max_pool2d_backward,
     max_pool2d_relu_backward, max_pool2d_train_forward,
 };
-pub(crate) use pool::{is_plain_2x2, window};
-
-/// Panics with a uniform message unless `slice` has exactly `want` elements.
-#[track_caller]
-pub(crate) fn check_len(name: &str, len: usize, want: usize) {
-    assert!(
-        len == want,
-        "{name}: slice has {len} elements, the geometry needs {want}"
-    );
-}
 
 /// Elements per rayon task for element-wise kernels; fixed so splitting never depends on threads.
 pub(crate) const ELEMWISE_CHUNK: usize = 1 << 14;

@@ -2,8 +2,8 @@
 
 use rayon::prelude::*;
 
-use super::check_len;
 use crate::geom::BatchNormGeom;
+use crate::util::check_len;
 
 /// Sum over the batch of `f(x)` for channel `c`, in `f64`.
 fn channel_sum(

@@ -2,9 +2,10 @@
 
 use rayon::prelude::*;
 
-use super::check_len;
 use crate::geom::{AdaptivePoolGeom, Pool2dGeom};
+use crate::geom::{is_plain_2x2, window};
 use crate::kernels::Isa;
+use crate::util::check_len;
 
 /// Index value for an output whose window holds no input position (cannot happen for a
 /// geometry PyTorch accepts); its gradient is dropped.
@@ -116,14 +117,6 @@ fn max_pool2d_train_forward_with(
                 }
             }
         });
-}
-
-/// `MaxPool2d(2)` without padding: every window is the full 2 × 2 block at `(2·oh, 2·ow)`.
-pub(crate) fn is_plain_2x2(g: &Pool2dGeom) -> bool {
-    (g.kernel_h, g.kernel_w, g.stride_h, g.stride_w) == (2, 2, 2, 2)
-        && (g.pad_h, g.pad_w, g.dilation_h, g.dilation_w) == (0, 0, 1, 1)
-        && 2 * g.out_h <= g.in_h
-        && 2 * g.out_w <= g.in_w
 }
 
 /// One plane of a plain 2 × 2 max pool ([`is_plain_2x2`]), `LANES` outputs at a time, one
@@ -245,29 +238,6 @@ fn max_plane_dense(
             *o = best;
             *i = arg;
         }
-    }
-}
-
-/// First and one-past-last input coordinate of output `o`'s window along one axis, clipped to
-/// the input and aligned to the dilation grid (`first ≡ o·s − pad (mod d)`).
-pub(crate) fn window(
-    o: usize,
-    s: usize,
-    pad: usize,
-    d: usize,
-    k: usize,
-    len: usize,
-) -> (usize, usize) {
-    let start = (o * s) as isize - pad as isize;
-    let end = (start + ((k - 1) * d + 1) as isize).min(len as isize);
-    let mut first = start;
-    while first < 0 {
-        first += d as isize;
-    }
-    if first >= end {
-        (0, 0)
-    } else {
-        (first as usize, end as usize)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::check_len;
+use crate::util::check_len;
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;

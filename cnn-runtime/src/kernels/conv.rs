@@ -30,9 +30,10 @@
 
 use rayon::prelude::*;
 
-use super::{Activation, Isa, SendPtr, check_len};
+use super::{Activation, Isa};
 use crate::geom::Conv2dGeom;
 use crate::simd::{Kernel, Simd};
+use crate::util::{SendPtr, check_len};
 
 /// Output channels per tile.
 const MR: usize = 16;

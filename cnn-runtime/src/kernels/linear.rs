@@ -16,9 +16,10 @@
 
 use rayon::prelude::*;
 
-use super::{Isa, check_len};
+use super::Isa;
 use crate::geom::LinearGeom;
 use crate::simd::{Kernel, Simd};
+use crate::util::check_len;
 
 /// Widest layer (`out_features`) the dot-product path takes; wider ones go through `gemm`.
 const DOT_MAX_OUT: usize = 32;

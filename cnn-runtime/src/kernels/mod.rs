@@ -232,21 +232,3 @@ impl Isa {
         }
     }
 }
-
-/// Panics with a message naming `what` unless `len == expected`.
-#[track_caller]
-fn check_len(what: &str, len: usize, expected: usize) {
-    assert!(
-        len == expected,
-        "{what}: slice has {len} elements, expected {expected}"
-    );
-}
-
-/// A raw output pointer shared between rayon tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only used to write elements that no other task reads or writes; each
-// user documents why its tasks' writes are disjoint.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}

@@ -2,8 +2,8 @@
 
 use rayon::prelude::*;
 
-use super::check_len;
 use crate::geom::BatchNormGeom;
+use crate::util::check_len;
 
 /// Running statistics and affine parameters of a batch-norm layer, each `[channels]`.
 #[derive(Debug, Clone, Copy)]

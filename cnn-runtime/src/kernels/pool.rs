@@ -5,8 +5,9 @@
 
 use rayon::prelude::*;
 
-use super::{Isa, check_len};
+use super::Isa;
 use crate::geom::{AdaptivePoolGeom, Pool2dGeom};
+use crate::util::check_len;
 
 /// Runs `f(input_plane, output_plane)` for every plane, in parallel.
 fn planes(

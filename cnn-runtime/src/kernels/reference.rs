@@ -5,8 +5,8 @@
 //! the fast kernels, minus scratch; lengths are asserted the same way.
 
 use super::BatchNormParams;
-use super::check_len;
 use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
+use crate::util::check_len;
 
 /// `nn.Conv2d`: `out[n,co,oh,ow] = bias[co] + Σ w[co,ci,kh,kw] · x[n, g·Cin_g+ci, ih, iw]`
 /// with `ih = oh·sh + kh·dh − pad_top` (zero outside the input).

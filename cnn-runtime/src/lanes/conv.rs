@@ -23,10 +23,10 @@
 use rayon::prelude::*;
 
 use super::LANES;
-use crate::geom::Conv2dGeom;
-use crate::grad::valid_range;
+use crate::geom::{Conv2dGeom, valid_range};
 use crate::kernels::{Activation, Isa};
 use crate::simd::{Kernel, Simd, dispatch};
+use crate::util::check_len;
 
 /// Most output pixels per work unit.
 const SEG: usize = 32;
@@ -167,19 +167,19 @@ pub(crate) fn conv2d_lanes_with(
         conv2d_lanes_usable(g),
         "conv2d_lanes: not usable here: {g:?}"
     );
-    crate::grad::check_len(
+    check_len(
         "conv2d_lanes input",
         input.len(),
         slots * g.in_len() * LANES,
     );
-    crate::grad::check_len(
+    check_len(
         "conv2d_lanes output",
         output.len(),
         slots * g.out_len() * LANES,
     );
-    crate::grad::check_len("conv2d_lanes weight", weight.len(), g.weight_len());
+    check_len("conv2d_lanes weight", weight.len(), g.weight_len());
     if let Some(b) = bias {
-        crate::grad::check_len("conv2d_lanes bias", b.len(), g.out_channels);
+        check_len("conv2d_lanes bias", b.len(), g.out_channels);
     }
     assert!(
         scratch.len() >= conv2d_lanes_scratch_len(g),

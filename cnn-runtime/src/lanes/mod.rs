@@ -23,8 +23,8 @@ pub use pool::{max_pool2d_lanes, max_pool2d_lanes_backward, max_pool2d_lanes_for
 
 use rayon::prelude::*;
 
-use crate::grad::check_len;
 use crate::kernels::Isa;
+use crate::util::{SendPtr, check_len};
 
 /// Images per slot (one AVX-512 vector of `f32`, two AVX2 vectors, four 4-float vectors).
 pub const LANES: usize = 16;
@@ -33,15 +33,6 @@ pub const LANES: usize = 16;
 pub fn lane_slots(batch: usize) -> usize {
     batch.div_ceil(LANES)
 }
-
-/// A raw output pointer shared between rayon tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: the pointer is only used to write elements that no other task reads or writes; each
-// user documents why its tasks' writes are disjoint.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 /// `[batch][len]` → `[slots][len][16]`: image `16·s + b` goes to lane `b` of slot `s`; lanes of
 /// missing images are zero.
@@ -63,7 +54,7 @@ pub fn to_lanes(batch: usize, len: usize, src: &[f32], dst: &mut [f32]) {
             for (b, r) in rows[..n].iter_mut().enumerate() {
                 *r = &src[(s * LANES + b) * len..][..len];
             }
-            crate::grad::interleave(isa, &rows[..n], d);
+            interleave(isa, &rows[..n], d);
         });
 }
 
@@ -183,10 +174,86 @@ pub(crate) fn transpose16(
     out
 }
 
+/// `dst[k·16 + b] = rows[b][k]` for every `k`, zero for lanes `b ≥ rows.len()`: up to 16 equal
+/// rows (one per image) interleaved into vectors of 16 lanes.
+pub(crate) fn interleave(isa: Isa, rows: &[&[f32]], dst: &mut [f32]) {
+    let m = dst.len() / LANES;
+    assert!(
+        rows.len() <= LANES && dst.len() == m * LANES && rows.iter().all(|r| r.len() == m),
+        "interleave: {} rows for {} columns",
+        rows.len(),
+        m
+    );
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 {
+        // SAFETY: avx512f is available for `Isa::Avx512`; the assert above gives every row
+        // exactly `m` elements and `dst` `m` vectors, which bound the masked loads and the
+        // stores of `interleave_avx512`.
+        unsafe { interleave_avx512(rows, dst, m) };
+        return;
+    }
+    let _ = isa;
+    for (k, d) in dst.chunks_exact_mut(LANES).enumerate() {
+        for (b, v) in d.iter_mut().enumerate() {
+            *v = rows.get(b).map_or(0.0, |r| r[k]);
+        }
+    }
+}
+
+/// [`interleave`] by 16 × 16 in-register transposes of masked row loads.
+///
+/// # Safety
+/// avx512f must be available; `rows.len() ≤ 16`, each row has `m` elements, `dst` `16·m`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_avx512(rows: &[&[f32]], dst: &mut [f32], m: usize) {
+    use std::arch::x86_64::{_mm512_maskz_loadu_ps, _mm512_setzero_ps, _mm512_storeu_ps};
+    let dp = dst.as_mut_ptr();
+    let mut k0 = 0;
+    while k0 < m {
+        let cols = LANES.min(m - k0);
+        let mask = ((1u32 << cols) - 1) as u16;
+        let mut r = [_mm512_setzero_ps(); LANES];
+        for (v, row) in r.iter_mut().zip(rows) {
+            // SAFETY: lanes `< cols` read row[k0..k0 + cols], inside the row; masked-off lanes
+            // are not accessed.
+            *v = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(k0)) };
+        }
+        let t = transpose16(r);
+        for (j, col) in t.iter().enumerate().take(cols) {
+            // SAFETY: column k0 + j < m, so its vector lies inside `dst` (16·m floats).
+            unsafe { _mm512_storeu_ps(dp.add((k0 + j) * LANES), *col) };
+        }
+        k0 += LANES;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::testutil::data;
+
+    #[test]
+    fn interleave_matches_definition_on_both_isas() {
+        for isa in Isa::available() {
+            for m in [1, 7, 16, 17, 33] {
+                for n in [1, 5, 16] {
+                    let data: Vec<Vec<f32>> = (0..n)
+                        .map(|b| (0..m).map(|k| (b * 100 + k) as f32).collect())
+                        .collect();
+                    let rows: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+                    let mut dst = vec![f32::NAN; m * LANES];
+                    interleave(isa, &rows, &mut dst);
+                    for k in 0..m {
+                        for b in 0..LANES {
+                            let want = if b < n { (b * 100 + k) as f32 } else { 0.0 };
+                            assert_eq!(dst[k * LANES + b], want, "{isa:?} m={m} n={n} k={k} b={b}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn lanes_round_trip_and_zero_missing_images() {

@@ -11,9 +11,10 @@ use rayon::prelude::*;
 
 use super::LANES;
 use crate::geom::Pool2dGeom;
-use crate::grad::{check_len, window};
+use crate::geom::{is_plain_2x2, window};
 use crate::kernels::Isa;
 use crate::simd::{Kernel, Simd, dispatch};
+use crate::util::check_len;
 
 /// Plane positions below this are exact as `f32` (the vector kernels' index type).
 const F32_EXACT: usize = 1 << 24;
@@ -190,7 +191,7 @@ impl Kernel for PlaneForward<'_> {
         );
         let with_idx = idx.is_some();
         let mut arg_f = [0.0f32; LANES];
-        if crate::grad::is_plain_2x2(g) {
+        if is_plain_2x2(g) {
             // `MaxPool2d(2)`: every window is the full 2 × 2 block, so its four vectors are
             // fixed offsets (no window arithmetic per output; 3x faster on the seed's pools).
             let w = g.in_w;
