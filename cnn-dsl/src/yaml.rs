@@ -8,6 +8,7 @@
 
 use crate::diag::{Diagnostic, codes, did_you_mean};
 use crate::dsl;
+use crate::limits::{self, MAX_NESTING};
 use crate::span::{SourceId, Span};
 use crate::spec::{Arg, BlockSpec, Item, LayerSpec, ModelSpec, Spanned, Value, ValueKind};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -185,11 +186,13 @@ impl Walker<'_> {
                         Some(v)
                     }
                     Err(mut d) => {
-                        d.message = format!(
-                            "cannot read `{}` as a value: {}",
-                            text.trim(),
-                            d.message.trim_start_matches("syntax error: ")
-                        );
+                        if d.code == codes::DSL_SYNTAX {
+                            d.message = format!(
+                                "cannot read `{}` as a value: {}",
+                                abbreviate(text.trim()),
+                                d.message.trim_start_matches("syntax error: ")
+                            );
+                        }
                         self.diags.push(d);
                         None
                     }
@@ -413,9 +416,32 @@ impl Walker<'_> {
     }
 }
 
+/// At most this many characters of a scalar are quoted in a message.
+const QUOTE_CHARS: usize = 40;
+
+/// `text`, cut to [`QUOTE_CHARS`] characters with `…` when longer.
+fn abbreviate(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
+    }
+}
+
 /// Parses a YAML model spec. Returns every problem found, not just the first.
+///
+/// Sequences and mappings nested deeper than [`MAX_NESTING`] are refused by the YAML reader
+/// itself (its depth budget), before the node tree gets deep.
 pub fn parse_model(text: &str, source: SourceId) -> Result<ModelSpec, Vec<Diagnostic>> {
-    let root: SNode = match serde_saphyr::from_str(text) {
+    let mut budget = serde_saphyr::Budget::default();
+    // The scanner reads up to `simple_key_max_lookahead` characters ahead of the events the
+    // depth budget counts, and each flow level takes at least one character: with the flow
+    // limit that much above the budget, the budget (which counts flow and block collections
+    // alike and knows the place) always speaks first, never the parser's "recursion limit".
+    // The scanner counts flow levels without recursing, so the higher limit costs nothing.
+    budget.flow_nesting_limit = MAX_NESTING + 1 + budget.simple_key_max_lookahead;
+    budget.max_depth = MAX_NESTING;
+    let options = serde_saphyr::options! { budget: Some(budget) };
+    let root: SNode = match serde_saphyr::from_str_with_options(text, options) {
         Ok(r) => r,
         Err(e) => return Err(vec![yaml_error(&e, text, source)]),
     };
@@ -433,6 +459,14 @@ pub fn parse_model(text: &str, source: SourceId) -> Result<ModelSpec, Vec<Diagno
 
 fn yaml_error(e: &serde_saphyr::Error, text: &str, source: SourceId) -> Diagnostic {
     let plain = e.without_snippet();
+    if let serde_saphyr::Error::Budget {
+        breach: serde_saphyr::budget::BudgetBreach::Depth { .. },
+        location,
+    } = plain
+    {
+        let o = offset_of(text, location.line(), location.column());
+        return limits::too_deep(Span::new(source, o, o + 1), None);
+    }
     let (span, what) = match plain.location() {
         Some(loc) => {
             let o = offset_of(text, loc.line(), loc.column());
