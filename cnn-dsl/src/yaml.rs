@@ -33,6 +33,20 @@ impl<'de> Deserialize<'de> for Node {
 
 struct NodeVisitor;
 
+/// Reads one nested YAML node. serde reads nesting by recursion, and without optimisation
+/// (a debug build) one level of the reader's generic code takes tens of KiB of stack; the depth
+/// budget ([`MAX_NESTING`]) bounds the levels, and this moves them to a fresh heap-allocated
+/// stack segment whenever less than [`RED_ZONE`] is left, so even a 2 MiB thread never
+/// overflows.
+fn nested<R>(read: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(RED_ZONE, STACK_SEGMENT, read)
+}
+
+/// The stack a nested read may need before the next check (generous for debug builds).
+const RED_ZONE: usize = 256 << 10;
+/// The size of each extra stack segment.
+const STACK_SEGMENT: usize = 2 << 20;
+
 impl<'de> Visitor<'de> for NodeVisitor {
     type Value = Node;
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -73,7 +87,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element::<SNode>()? {
+        while let Some(v) = nested(|| seq.next_element::<SNode>())? {
             out.push(v);
         }
         Ok(Node::Seq(out))
@@ -81,7 +95,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut out = Vec::new();
         while let Some(k) = map.next_key::<serde_saphyr::Spanned<String>>()? {
-            let v = map.next_value::<SNode>()?;
+            let v = nested(|| map.next_value::<SNode>())?;
             out.push((k, v));
         }
         Ok(Node::Map(out))
