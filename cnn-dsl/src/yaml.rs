@@ -354,7 +354,9 @@ impl Walker<'_> {
         }))
     }
 
-    fn model(&mut self, root: &SNode) -> Option<ModelSpec> {
+    /// The model, built even when parts are missing or wrong (so that lowering can still
+    /// report the independent errors of the rest), and whether its name is real.
+    fn model(&mut self, root: &SNode) -> Option<(ModelSpec, bool)> {
         let rspan = self.node_span(root);
         let Node::Map(entries) = &root.value else {
             self.structure(
@@ -365,6 +367,7 @@ impl Walker<'_> {
             return None;
         };
         let mut name = None;
+        let mut name_written = None;
         let mut args = Vec::new();
         let mut output = None;
         let mut items = None;
@@ -373,11 +376,15 @@ impl Walker<'_> {
             match k.value.as_str() {
                 "name" => match &v.value {
                     Node::Scalar(s) => name = Some(Spanned::new(s.clone(), self.node_span(v))),
-                    _ => self.structure(
-                        self.node_span(v),
-                        "the model name must be a plain word",
-                        "expected a name",
-                    ),
+                    _ => {
+                        let span = self.node_span(v);
+                        name_written = Some(span);
+                        self.structure(
+                            span,
+                            "the model name must be a plain word",
+                            "expected a name such as `SeedCnn`",
+                        );
+                    }
                 },
                 "input" => {
                     if let Some(value) = self.value(v) {
@@ -405,7 +412,8 @@ impl Walker<'_> {
             }
         }
         let head = Span::new(self.source, rspan.lo as usize, rspan.lo as usize);
-        if name.is_none() {
+        // A name that is there but wrong was reported above; "no name" would be a second report.
+        if name.is_none() && name_written.is_none() {
             self.structure(
                 head,
                 "the model has no `name`",
@@ -419,14 +427,19 @@ impl Walker<'_> {
                 "expected `layers:` with a list of layers",
             );
         }
-        let name = name?;
-        Some(ModelSpec {
-            span: name.span,
-            name,
-            args,
-            output,
-            items: items?,
-        })
+        let name_ok = name.is_some();
+        let name =
+            name.unwrap_or_else(|| Spanned::new(String::new(), name_written.unwrap_or(head)));
+        Some((
+            ModelSpec {
+                span: name.span,
+                name,
+                args,
+                output,
+                items: items.unwrap_or_default(),
+            },
+            name_ok,
+        ))
     }
 }
 
@@ -464,10 +477,21 @@ pub fn parse_model(text: &str, source: SourceId) -> Result<ModelSpec, Vec<Diagno
         source,
         diags: Vec::new(),
     };
-    let model = w.model(&root);
-    match model {
-        Some(m) if w.diags.is_empty() => Ok(m),
-        _ => Err(w.diags),
+    match w.model(&root) {
+        Some((m, _)) if w.diags.is_empty() => Ok(m),
+        Some((m, name_ok)) => {
+            // Every independent error in one run: what the walk could read is lowered too, so
+            // a bad `input` or attribute is reported beside a structural mistake elsewhere.
+            let mut diags = w.diags;
+            if let Err(more) = crate::lower::lower(&m, crate::Syntax::Yaml) {
+                diags.extend(
+                    more.into_iter()
+                        .filter(|d| name_ok || d.code != codes::BAD_MODEL_NAME),
+                );
+            }
+            Err(diags)
+        }
+        None => Err(w.diags),
     }
 }
 
@@ -480,6 +504,17 @@ fn yaml_error(e: &serde_saphyr::Error, text: &str, source: SourceId) -> Diagnost
     {
         let o = offset_of(text, location.line(), location.column());
         return limits::too_deep(Span::new(source, o, o + 1), None);
+    }
+    if let serde_saphyr::Error::DuplicateMappingKey { key, location } = plain {
+        let o = offset_of(text, location.line(), location.column());
+        let len = key.as_ref().map_or(1, |k| k.len().max(1));
+        let message = match key {
+            Some(k) => format!("duplicate key `{k}`"),
+            None => "duplicate key".to_string(),
+        };
+        return Diagnostic::new(codes::YAML_SYNTAX, message)
+            .primary(Span::new(source, o, o + len), "given a second time here")
+            .help("a YAML mapping holds each key once: delete one of the two, or merge them");
     }
     let (span, what) = match plain.location() {
         Some(loc) => {
@@ -540,6 +575,32 @@ mod tests {
         let e = parse_model("name: X\ninput: [1, 2\nlayers: []\n", SourceId(0)).unwrap_err();
         assert_eq!(e[0].code.id, "CNN0001");
         assert!(e[0].primary.is_some());
+    }
+
+    #[test]
+    fn a_bad_name_is_reported_once_beside_a_bad_input() {
+        let e = parse_model(
+            "name: [1, 2]\ninput: \"big\"\nlayers: [flatten]\n",
+            SourceId(0),
+        )
+        .unwrap_err();
+        let messages: Vec<&str> = e.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(e.len(), 2, "{messages:?}");
+        assert_eq!(e[0].message, "the model name must be a plain word");
+        assert!(
+            messages.iter().all(|m| !m.contains("no `name`")),
+            "{messages:?}"
+        );
+        assert!(messages[1].contains("input"), "{messages:?}");
+    }
+
+    #[test]
+    fn duplicate_keys_say_how_to_fix_them() {
+        let e = parse_model("name: A\nname: B\ninput: [3]\nlayers: []\n", SourceId(0)).unwrap_err();
+        assert_eq!(e[0].message, "duplicate key `name`");
+        assert!(!format!("{:?}", e[0]).contains("DuplicateKeyPolicy"));
+        let p = e[0].primary.as_ref().unwrap();
+        assert_eq!(p.span.lo, 8, "the second `name`");
     }
 
     #[test]
