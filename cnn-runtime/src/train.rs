@@ -1163,7 +1163,7 @@ pub fn evaluate_dataset(
     })
 }
 
-const OPTIM_PREFIX: &str = "__optim__.";
+use crate::weights::OPTIM_PREFIX;
 
 /// Saves weights, optimizer state and counters atomically (write, then rename) as one
 /// safetensors file; `metadata` (e.g. the completed epoch) goes into the header.
