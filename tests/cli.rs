@@ -536,3 +536,70 @@ fn broken_weights_and_checkpoints_are_named_by_check_and_run() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn models_too_large_for_memory_are_refused_before_allocating() {
+    let dir = std::env::temp_dir().join(format!("cnnc-huge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let huge = dir.join("huge.cnn");
+    std::fs::write(
+        &huge,
+        "model Huge(input = [1, 28, 28]) { conv2d(out_channels = 4096, kernel_size = 3, padding = 1), flatten, out: linear(out_features = 100000) }",
+    )
+    .unwrap();
+    let wide = dir.join("wide.yaml");
+    std::fs::write(
+        &wide,
+        "name: Wide\ninput: [1, 28, 28]\nlayers:\n  - conv2d: { name: wide, out_channels: 99999999, kernel_size: 1 }\n  - flatten\n  - linear: { out_features: 1 }\n",
+    )
+    .unwrap();
+    let (huge, wide) = (huge.to_string_lossy(), wide.to_string_lossy());
+    let input = "tests/golden/seed_input.npy";
+    // A limit far above this machine's memory but far below the 1.17 TiB the model needs.
+    // Inference holds the weights once; Adam training holds weights, gradients and 2 moments.
+    let (once, adam) = (
+        "`out` needs 1.17 TiB of weights",
+        "`out` needs 4.67 TiB of weights",
+    );
+    #[rustfmt::skip]
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", &huge, "--init", "0", "--input", input], once),
+        (&["bench", &huge, "--batch", "1"], once),
+        (&["bench", &huge, "--batch", "1", "--train"], adam),
+        (&["train", &huge, "--epochs", "1", "--limit", "700", "--val", "200", "--run-dir", dir.to_str().unwrap()], adam),
+        (&["compare", "examples/models/seed.yaml", &huge, "--epochs", "1", "--limit", "700", "--val", "200", "--out-dir", dir.to_str().unwrap()], adam),
+        (&["run", &huge, "--init", "0", "--input", input, "--max-memory", "512G"], once),
+    ];
+    for (args, figure) in cases {
+        let t = std::time::Instant::now();
+        let (code, out, err) = cnnc(args);
+        assert_eq!(code, 1, "cnnc {}\n{err}", args.join(" "));
+        assert!(err.contains(figure), "{err}");
+        assert!(err.contains("--max-memory"), "{err}");
+        assert!(!out.contains("epoch"), "nothing may train: {out}");
+        assert!(t.elapsed().as_secs() < 20, "{:?}", t.elapsed());
+    }
+    let (_, _, err) = cnnc(&[
+        "run",
+        &huge,
+        "--init",
+        "0",
+        "--input",
+        input,
+        "--max-memory",
+        "512G",
+    ]);
+    assert!(err.contains("--max-memory is 512 GiB"), "{err}");
+    let (code, _, err) = cnnc(&["run", &wide, "--init", "0", "--input", input]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("`wide` needs"), "{err}");
+    // The limit applies to small models too, and a bad one is a usage error.
+    let (code, _, err) = cnnc(&["bench", "examples/models/seed.yaml", "--max-memory", "1M"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--max-memory is 1.00 MiB"), "{err}");
+    assert_eq!(
+        cnnc(&["check", "examples/models/seed.yaml", "--max-memory", "0"]).0,
+        2
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

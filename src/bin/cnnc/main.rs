@@ -5,6 +5,7 @@
 
 mod exit;
 mod flags;
+mod memory;
 mod outputs;
 mod plot;
 mod run_cmds;
@@ -24,6 +25,10 @@ struct Cli {
     /// Colour in diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
     color: Color,
+    /// Refuse to run, train or benchmark a model whose estimated memory exceeds this
+    /// (e.g. 8G, 512M; default: the memory the machine has available).
+    #[arg(long, value_name = "SIZE", global = true, value_parser = memory::parse_size)]
+    max_memory: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -209,6 +214,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    memory::set_limit(cli.max_memory);
     // A bad CNN_ISA is a usage error here, not a silent fallback to the best ISA.
     if let Err(e) = cnn::runtime::kernels::Isa::from_env() {
         eprintln!("error: CNN_ISA: {e}");

@@ -137,6 +137,8 @@ fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
         crate::outputs::ensure_writable_file(Path::new(path))?;
     }
     let p = plan(model);
+    // Before the weights are read or initialised: a model too large for one image.
+    crate::memory::check(model, crate::memory::Mode::Inference { batch: 1 })?;
     let w = load_weights(&p, a.weights, a.init)?;
     let lower = a.input.to_ascii_lowercase();
     let is_image = [".png", ".jpg", ".jpeg"].iter().any(|e| lower.ends_with(e));
@@ -202,6 +204,7 @@ fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
         }
         (flat, batch)
     };
+    crate::memory::check(model, crate::memory::Mode::Inference { batch })?;
     let mut exec = Executor::new(p.clone(), w, a.threads)?;
     let out = exec.forward(&data, batch)?.to_vec();
     let olen = p.output_len();
@@ -293,6 +296,16 @@ pub fn bench(a: BenchArgs<'_>, color: bool) -> ExitCode {
 }
 
 fn bench_inner(a: &BenchArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
+    use crate::memory::Mode;
+    let mode = if a.train {
+        Mode::Training {
+            batch: a.batch,
+            state: crate::train_cmds::optimizer_state(a.optimizer, 0.0),
+        }
+    } else {
+        Mode::Inference { batch: a.batch }
+    };
+    crate::memory::check(model, mode)?;
     let p = plan(model);
     let flops = 2.0 * model.macs() as f64 * a.batch as f64;
     let input: Vec<f32> = (0..p.input_len() * a.batch)

@@ -98,7 +98,23 @@ pub struct TrainOpts {
     pub limit: Option<usize>,
 }
 
+/// Floats of optimizer state per parameter (for the memory estimate).
+pub fn optimizer_state(kind: OptKind, momentum: f64) -> u32 {
+    match kind {
+        OptKind::Adam | OptKind::Adamw => 2,
+        OptKind::Sgd => u32::from(momentum > 0.0),
+    }
+}
+
 impl TrainOpts {
+    /// The memory mode of training on `data` (the batch is at most the training set).
+    fn memory_mode(&self, data: &Data) -> crate::memory::Mode {
+        crate::memory::Mode::Training {
+            batch: self.batch.min(data.train.len()).max(1),
+            state: optimizer_state(self.optimizer, self.momentum),
+        }
+    }
+
     fn optimizer(&self) -> Box<dyn Optimizer + Send> {
         match self.optimizer {
             OptKind::Adam => Box::new(
@@ -562,6 +578,7 @@ fn train_inner(
     outputs::clean_stale_temps(&dir);
     let data = load_data(opts)?;
     check_data_fits(model, &data.train, &data.dir)?;
+    crate::memory::check(model, opts.memory_mode(&data))?;
     if !json {
         // The model is already checked (load_model): show what is being trained.
         println!("{}", cnn::dsl::summary::summary(model, false));
@@ -621,6 +638,9 @@ fn train_inner(
     Ok(r.interrupted)
 }
 
+/// Images per evaluation batch.
+const EVAL_BATCH: usize = 500;
+
 /// `cnnc eval`.
 #[expect(
     clippy::too_many_arguments,
@@ -666,6 +686,13 @@ fn eval_inner(
     });
     // The plot is written last; prove its folder writable before evaluating.
     outputs::ensure_writable_file(&stem)?;
+    crate::memory::check(
+        model,
+        crate::memory::Mode::Training {
+            batch: EVAL_BATCH,
+            state: 0,
+        },
+    )?;
     let plan = cnn::dsl::plan::plan(model);
     let w = weights::load(Path::new(weights_path), &param_specs(&plan))?;
     let meta = |k: &str| w.metadata().get(k).and_then(|v| v.parse::<f32>().ok());
@@ -687,7 +714,7 @@ fn eval_inner(
     };
     check_data_fits(model, &set, &dir)?;
     let mut trainer = Trainer::with_weights(model, &w, Box::new(Sgd::new(0.0)), 0, threads)?;
-    let r = evaluate_dataset(&mut trainer, &set, 500, normalize)?;
+    let r = evaluate_dataset(&mut trainer, &set, EVAL_BATCH, normalize)?;
     let per_class = r.per_class();
     if json {
         println!(
@@ -785,6 +812,14 @@ fn compare_inner(
     let dir = PathBuf::from(out_dir.unwrap_or("runs/compare"));
     outputs::ensure_writable_dir(&dir)?;
     outputs::clean_stale_temps(&dir);
+    // Every model is checked against the data and the memory limit before the first one
+    // trains, so a model that cannot run never costs the results of those before it.
+    let first = load_data(opts)?;
+    for (_, m) in models {
+        check_data_fits(m, &first.train, &first.dir)?;
+        crate::memory::check(m, opts.memory_mode(&first))?;
+    }
+    drop(first);
     struct Row {
         name: String,
         params: u64,
@@ -800,7 +835,6 @@ fn compare_inner(
                 ..opts.clone()
             };
             let data = load_data(&o)?;
-            check_data_fits(m, &data.train, &data.dir)?;
             let t = Instant::now();
             eprintln!("training {} ({file}) with seed {} …", m.name(), o.seed);
             let r = train_model(
