@@ -47,8 +47,19 @@ fn train_json_writes_everything_and_resume_continues() {
         &dir,
     ];
     args.extend(quick);
+    // A temporary file that a killed run left behind is removed at the start.
+    std::fs::create_dir_all(&dir).unwrap();
+    let stale = Path::new(&dir).join(".checkpoint.safetensors.tmp4999999-0");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
     let (code, out, err) = cnnc(&args);
     assert_eq!(code, 0, "{err}");
+    assert!(!stale.exists(), "stale temporary file kept: {err}");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
@@ -254,7 +265,7 @@ fn bad_data_folder_is_a_clear_error() {
         "--epochs",
         "1",
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a missing folder is an I/O error");
     assert!(err.contains("no/such/folder"), "{err}");
     let (code, _, err) = cnnc(&[
         "eval",
@@ -264,7 +275,7 @@ fn bad_data_folder_is_a_clear_error() {
         "--split",
         "dev",
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a bad flag value is a usage error");
     assert!(err.contains("--split"), "{err}");
 }
 
@@ -289,7 +300,7 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
             &dir,
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("cnnc starts");
@@ -306,5 +317,137 @@ fn ctrl_c_saves_a_checkpoint_and_exits_130() {
     assert!(err.contains("checkpoint"), "{err}");
     let ckpt = Path::new(&dir).join("checkpoint.safetensors");
     assert!(ckpt.exists(), "no checkpoint after Ctrl-C: {err}");
+    // Only files that exist are reported (no metrics or plots before the first epoch ends).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last: serde_json::Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no final JSON line: {stdout}"));
+    let files: Vec<&str> = last["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no `files` in {last}"))
+        .iter()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(
+        files.iter().any(|f| f.ends_with("checkpoint.safetensors")),
+        "{last}"
+    );
+    for f in &files {
+        assert!(Path::new(f).exists(), "reported but missing: {f}");
+    }
+    if !Path::new(&dir).join("metrics.csv").exists() {
+        assert!(files.iter().all(|f| !f.ends_with("metrics.csv")), "{last}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unwritable_outputs_fail_before_training() {
+    let dir = tmp("unwritable");
+    for (flag, value) in [
+        ("--out", "/proc/cnnc-no-such-dir/w.safetensors"),
+        ("--run-dir", "/proc/cnnc-no-such-dir"),
+        ("--out", "/tmp"),
+    ] {
+        let t = std::time::Instant::now();
+        let mut args = vec![
+            "train",
+            "examples/models/seed.yaml",
+            "--epochs",
+            "1",
+            "--limit",
+            "700",
+            "--val",
+            "200",
+            flag,
+            value,
+        ];
+        if flag != "--run-dir" {
+            args.extend(["--run-dir", &dir]);
+        }
+        let (code, out, err) = cnnc(&args);
+        assert_eq!(code, 2, "{flag} {value}: {err}");
+        assert!(err.contains(value), "{flag} {value}: {err}");
+        assert!(!err.contains("training `"), "training started: {err}");
+        assert!(!out.contains("epoch"), "training started: {out}");
+        assert!(t.elapsed().as_secs() < 10, "{:?}", t.elapsed());
+    }
+    let (code, _, err) = cnnc(&[
+        "eval",
+        "examples/models/seed.yaml",
+        "--weights",
+        "tests/golden/seed_weights.safetensors",
+        "--plot",
+        "/proc/cnnc-no-such-dir/confusion",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/proc/cnnc-no-such-dir"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Writes an MNIST-style folder of `n` images of `side`×`side` pixels made by `pixel`.
+fn idx_folder(name: &str, n: u32, side: u32, pixel: impl Fn(usize) -> u8) -> String {
+    let dir = tmp(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for prefix in ["train", "t10k"] {
+        let mut images = vec![0, 0, 8, 3];
+        for d in [n, side, side] {
+            images.extend(d.to_be_bytes());
+        }
+        images.extend((0..(n * side * side) as usize).map(&pixel));
+        std::fs::write(format!("{dir}/{prefix}-images-idx3-ubyte"), images).unwrap();
+        let mut labels = vec![0, 0, 8, 1];
+        labels.extend(n.to_be_bytes());
+        labels.extend((0..n).map(|i| (i % 10) as u8));
+        std::fs::write(format!("{dir}/{prefix}-labels-idx1-ubyte"), labels).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn data_that_cannot_train_the_model_fails_before_the_first_epoch() {
+    let run_dir = tmp("data-run");
+    let big = idx_folder("idx-32", 40, 32, |i| (i % 251) as u8);
+    let black = idx_folder("idx-black", 40, 28, |_| 0);
+    for (data, needles) in [
+        (&big, &["32×32", "[1,28,28]"][..]),
+        (&black, &["every pixel", "0.0000"][..]),
+    ] {
+        let (code, out, err) = cnnc(&[
+            "train",
+            "examples/models/seed.yaml",
+            "--data",
+            data,
+            "--val",
+            "10",
+            "--epochs",
+            "1",
+            "--json",
+            "--run-dir",
+            &run_dir,
+        ]);
+        assert_eq!(code, 1, "{err}");
+        for n in needles {
+            assert!(err.contains(n), "no `{n}` in {err}");
+        }
+        assert!(err.contains(data.as_str()), "names the folder: {err}");
+        assert!(out.is_empty(), "no epoch may start: {out}");
+    }
+    let (code, _, err) = cnnc(&[
+        "eval",
+        "examples/models/seed.yaml",
+        "--weights",
+        "tests/golden/seed_weights.safetensors",
+        "--data",
+        &big,
+        "--plot",
+        &format!("{run_dir}/confusion"),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("32×32"), "{err}");
+    for d in [run_dir, big, black] {
+        let _ = std::fs::remove_dir_all(d);
+    }
 }

@@ -6,6 +6,7 @@
 )]
 
 use crate::diag::{Diagnostic, codes};
+use crate::limits;
 use crate::span::{SourceId, Span};
 use crate::spec::{
     Arg, BinOp, BlockSpec, Expr, Item, LayerSpec, ModelSpec, Spanned, Value, ValueKind,
@@ -22,7 +23,11 @@ mod grammar {
 use grammar::{DslParser, Rule};
 
 /// Parses a whole `.cnn` text (one `model`).
+///
+/// Text nested deeper than [`MAX_NESTING`](crate::limits::MAX_NESTING) brackets is refused
+/// before the recursive parser sees it.
 pub fn parse_model(text: &str, source: SourceId) -> Result<ModelSpec, Diagnostic> {
+    limits::check_nesting(text, source, 0)?;
     let mut pairs = DslParser::parse(Rule::file, text).map_err(|e| syntax_error(e, source))?;
     let file = pairs.next().ok_or_else(|| internal(source))?;
     let model = file.into_inner().next().ok_or_else(|| internal(source))?;
@@ -30,7 +35,9 @@ pub fn parse_model(text: &str, source: SourceId) -> Result<ModelSpec, Diagnostic
 }
 
 /// Parses one value (`64*7*7`, `[5, 5]`, `same`); `offset` is where `text` starts in the file.
+/// Nesting is limited as in [`parse_model`].
 pub fn parse_value(text: &str, source: SourceId, offset: usize) -> Result<Value, Diagnostic> {
+    limits::check_nesting(text, source, offset)?;
     let mut pairs = DslParser::parse(Rule::value_only, text).map_err(|e| {
         let mut d = syntax_error(e, source);
         if let Some(p) = &mut d.primary {
@@ -273,11 +280,13 @@ fn walk_expr(p: Pair<'_, Rule>, cx: &Ctx) -> Expr {
     let span = cx.span(&p);
     match p.as_rule() {
         Rule::expr | Rule::product => {
+            // `a + b - c`: one flat chain, however long (no left-nested tree to recurse over).
             let mut it = p.into_inner();
             let Some(first) = it.next() else {
                 return Expr::Lit(String::new(), span);
             };
-            let mut acc = walk_expr(first, cx);
+            let first = walk_expr(first, cx);
+            let mut rest = Vec::new();
             while let (Some(op), Some(rhs)) = (it.next(), it.next()) {
                 let op = match op.as_str() {
                     "+" => BinOp::Add,
@@ -286,24 +295,27 @@ fn walk_expr(p: Pair<'_, Rule>, cx: &Ctx) -> Expr {
                     "/" => BinOp::Div,
                     _ => BinOp::Rem,
                 };
-                let rhs = walk_expr(rhs, cx);
-                let s = acc.span().to(rhs.span());
-                acc = Expr::Bin(op, Box::new(acc), Box::new(rhs), s);
+                rest.push((op, walk_expr(rhs, cx)));
             }
-            acc
+            if rest.is_empty() {
+                first
+            } else {
+                Expr::Chain(Box::new(first), rest, span)
+            }
         }
         Rule::unary => {
             let parts: Vec<_> = p.into_inner().collect();
-            let mut negs = parts.iter().filter(|q| q.as_rule() == Rule::neg).count();
+            let negs = parts.iter().filter(|q| q.as_rule() == Rule::neg).count();
             let Some(atom) = parts.into_iter().find(|q| q.as_rule() != Rule::neg) else {
                 return Expr::Lit(String::new(), span);
             };
-            let mut e = walk_expr(atom, cx);
-            while negs > 0 {
-                e = Expr::Neg(Box::new(e), span);
-                negs -= 1;
+            let e = walk_expr(atom, cx);
+            // `- - - x` is `-x`: a run of signs is one negation or none, never a deep tree.
+            if negs % 2 == 1 {
+                Expr::Neg(Box::new(e), span)
+            } else {
+                e
             }
-            e
         }
         _ => Expr::Lit(p.as_str().to_string(), span),
     }

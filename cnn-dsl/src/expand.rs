@@ -142,31 +142,41 @@ impl TokenText {
         self.joint = false;
     }
 
+    /// Prints the token trees with an explicit stack of open groups: their nesting is the
+    /// user's, so nothing here recurses over it (the parser then limits it with a diagnostic).
     fn push_stream(&mut self, tokens: TokenStream) {
-        for tt in tokens {
-            match tt {
-                TokenTree::Group(g) => {
-                    let (open, close) = match g.delimiter() {
-                        Delimiter::Parenthesis => ("(", ")"),
-                        Delimiter::Brace => ("{", "}"),
-                        Delimiter::Bracket => ("[", "]"),
-                        // An invisible group (a `$x:expr` of macro_rules): just its contents.
-                        Delimiter::None => ("", ""),
-                    };
-                    if open.is_empty() {
-                        self.push_stream(g.stream());
-                    } else {
-                        self.push(open, g.span_open());
-                        self.push_stream(g.stream());
-                        self.push(close, g.span_close());
+        type Open = (
+            proc_macro2::token_stream::IntoIter,
+            Option<(&'static str, Span)>,
+        );
+        let mut stack: Vec<Open> = vec![(tokens.into_iter(), None)];
+        while let Some((iter, _)) = stack.last_mut() {
+            match iter.next() {
+                None => {
+                    if let Some((_, Some((close, span)))) = stack.pop() {
+                        self.push(close, span);
                     }
                 }
-                TokenTree::Ident(i) => self.push(&i.to_string(), i.span()),
-                TokenTree::Punct(p) => {
+                Some(TokenTree::Group(g)) => {
+                    let delimiters = match g.delimiter() {
+                        Delimiter::Parenthesis => Some(("(", ")")),
+                        Delimiter::Brace => Some(("{", "}")),
+                        Delimiter::Bracket => Some(("[", "]")),
+                        // An invisible group (a `$x:expr` of macro_rules): just its contents.
+                        Delimiter::None => None,
+                    };
+                    if let Some((open, _)) = delimiters {
+                        self.push(open, g.span_open());
+                    }
+                    let close = delimiters.map(|(_, close)| (close, g.span_close()));
+                    stack.push((g.stream().into_iter(), close));
+                }
+                Some(TokenTree::Ident(i)) => self.push(&i.to_string(), i.span()),
+                Some(TokenTree::Punct(p)) => {
                     self.push(p.as_char().encode_utf8(&mut [0; 4]), p.span());
                     self.joint = p.spacing() == Spacing::Joint;
                 }
-                TokenTree::Literal(l) => self.push(&l.to_string(), l.span()),
+                Some(TokenTree::Literal(l)) => self.push(&l.to_string(), l.span()),
             }
         }
     }

@@ -22,6 +22,7 @@ pub mod dsl;
 pub mod expand;
 pub mod geom;
 pub mod ir;
+pub mod limits;
 pub mod lower;
 pub mod plan;
 pub mod span;

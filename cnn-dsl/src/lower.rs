@@ -110,7 +110,11 @@ pub fn lower(spec: &ModelSpec, syntax: Syntax) -> Result<Model, Vec<Diagnostic>>
         cx.diags.push(
             Diagnostic::new(
                 codes::MISSING_ATTRIBUTE,
-                format!("model `{}` has no input shape", spec.name.value),
+                if spec.name.value.is_empty() {
+                    "the model has no input shape".to_string()
+                } else {
+                    format!("model `{}` has no input shape", spec.name.value)
+                },
             )
             .primary(spec.name.span, "declared without `input`")
             .help(format!(

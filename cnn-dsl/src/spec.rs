@@ -138,8 +138,9 @@ pub enum Expr {
     Lit(String, Span),
     /// `-e`
     Neg(Box<Expr>, Span),
-    /// `a op b`
-    Bin(BinOp, Box<Expr>, Box<Expr>, Span),
+    /// `a op b op c …`: operators of one precedence level, applied left to right. Kept flat
+    /// so that a long sum (`1+1+…+1`) is a list, not a deep tree: nothing recurses over it.
+    Chain(Box<Expr>, Vec<(BinOp, Expr)>, Span),
 }
 
 /// Why an expression could not be evaluated.
@@ -164,7 +165,7 @@ impl Expr {
     /// The whole expression's span.
     pub fn span(&self) -> Span {
         match self {
-            Expr::Lit(_, s) | Expr::Neg(_, s) | Expr::Bin(_, _, _, s) => *s,
+            Expr::Lit(_, s) | Expr::Neg(_, s) | Expr::Chain(_, _, s) => *s,
         }
     }
 
@@ -178,24 +179,13 @@ impl Expr {
                     .map_err(|_| EvalError::Overflow(*span))
             }
             Expr::Neg(e, span) => e.eval()?.checked_neg().ok_or(EvalError::Overflow(*span)),
-            Expr::Bin(op, a, b, span) => {
-                let (x, y) = (a.eval()?, b.eval()?);
-                let r = match op {
-                    BinOp::Add => x.checked_add(y),
-                    BinOp::Sub => x.checked_sub(y),
-                    BinOp::Mul => x.checked_mul(y),
-                    BinOp::Div | BinOp::Rem if y == 0 => return Err(EvalError::DivByZero(*span)),
-                    BinOp::Div if x % y != 0 => {
-                        return Err(EvalError::Inexact {
-                            span: *span,
-                            lhs: x,
-                            rhs: y,
-                        });
-                    }
-                    BinOp::Div => x.checked_div(y),
-                    BinOp::Rem => x.checked_rem(y),
-                };
-                r.ok_or(EvalError::Overflow(*span))
+            Expr::Chain(first, rest, _) => {
+                let mut acc = first.eval()?;
+                for (op, rhs) in rest {
+                    // The span of `a op b op c` up to this operand, as a left-nested tree has.
+                    acc = apply(*op, acc, rhs.eval()?, first.span().to(rhs.span()))?;
+                }
+                Ok(acc)
             }
         }
     }
@@ -205,14 +195,37 @@ impl Expr {
     pub fn product_factors(&self) -> Option<Vec<String>> {
         match self {
             Expr::Lit(t, _) => Some(vec![t.clone()]),
-            Expr::Bin(BinOp::Mul, a, b, _) => {
-                let mut f = a.product_factors()?;
-                f.extend(b.product_factors()?);
+            Expr::Chain(first, rest, _) if rest.iter().all(|(op, _)| *op == BinOp::Mul) => {
+                let mut f = first.product_factors()?;
+                for (_, e) in rest {
+                    f.extend(e.product_factors()?);
+                }
                 Some(f)
             }
             _ => None,
         }
     }
+}
+
+/// `x op y` with checked arithmetic; `span` is reported on failure.
+fn apply(op: BinOp, x: i64, y: i64, span: Span) -> Result<i64, EvalError> {
+    let r = match op {
+        BinOp::Add => x.checked_add(y),
+        BinOp::Sub => x.checked_sub(y),
+        BinOp::Mul => x.checked_mul(y),
+        BinOp::Div | BinOp::Rem if y == 0 => return Err(EvalError::DivByZero(span)),
+        // `wrapping_rem` is exact for every `y != 0` (`i64::MIN % -1` is 0, not a panic).
+        BinOp::Div if x.wrapping_rem(y) != 0 => {
+            return Err(EvalError::Inexact {
+                span,
+                lhs: x,
+                rhs: y,
+            });
+        }
+        BinOp::Div => x.checked_div(y),
+        BinOp::Rem => Some(x.wrapping_rem(y)),
+    };
+    r.ok_or(EvalError::Overflow(span))
 }
 
 #[cfg(test)]
@@ -227,26 +240,25 @@ mod tests {
         Box::new(Expr::Lit(s.into(), sp()))
     }
 
+    fn bin(op: BinOp, a: Box<Expr>, b: Expr) -> Expr {
+        Expr::Chain(a, vec![(op, b)], sp())
+    }
+
     #[test]
     fn eval_checks_overflow_and_exactness() {
-        let e = Expr::Bin(
-            BinOp::Mul,
-            lit("64"),
-            Box::new(Expr::Bin(BinOp::Mul, lit("7"), lit("7"), sp())),
-            sp(),
-        );
+        let e = bin(BinOp::Mul, lit("64"), bin(BinOp::Mul, lit("7"), *lit("7")));
         assert_eq!(e.eval(), Ok(3136));
         assert_eq!(
             e.product_factors(),
             Some(vec!["64".into(), "7".into(), "7".into()])
         );
-        let big = Expr::Bin(BinOp::Mul, lit("4294967296"), lit("4294967296"), sp());
+        let big = bin(BinOp::Mul, lit("4294967296"), *lit("4294967296"));
         assert!(matches!(big.eval(), Err(EvalError::Overflow(_))));
         assert!(matches!(
             Expr::Lit("99999999999999999999".into(), sp()).eval(),
             Err(EvalError::Overflow(_))
         ));
-        let inexact = Expr::Bin(BinOp::Div, lit("28"), lit("3"), sp());
+        let inexact = bin(BinOp::Div, lit("28"), *lit("3"));
         assert!(matches!(
             inexact.eval(),
             Err(EvalError::Inexact {
@@ -255,9 +267,42 @@ mod tests {
                 ..
             })
         ));
-        let zero = Expr::Bin(BinOp::Div, lit("28"), lit("0"), sp());
+        let zero = bin(BinOp::Div, lit("28"), *lit("0"));
         assert!(matches!(zero.eval(), Err(EvalError::DivByZero(_))));
         let min = Expr::Neg(lit("9223372036854775808"), sp());
         assert!(min.eval().is_err());
+    }
+
+    #[test]
+    fn min_divided_by_minus_one_is_an_error_not_a_panic() {
+        let min = Expr::Chain(
+            Box::new(Expr::Neg(lit("9223372036854775807"), sp())),
+            vec![(BinOp::Sub, Expr::Lit("1".into(), sp()))],
+            sp(),
+        );
+        assert_eq!(min.eval(), Ok(i64::MIN));
+        let by = |op| {
+            Expr::Chain(
+                Box::new(min.clone()),
+                vec![(op, Expr::Neg(lit("1"), sp()))],
+                sp(),
+            )
+        };
+        assert!(matches!(by(BinOp::Div).eval(), Err(EvalError::Overflow(_))));
+        assert_eq!(by(BinOp::Rem).eval(), Ok(0));
+    }
+
+    #[test]
+    fn long_chains_evaluate_without_recursion() {
+        let rest = vec![(BinOp::Add, Expr::Lit("1".into(), sp())); 200_000];
+        let e = Expr::Chain(lit("784"), rest, sp());
+        // On a small stack: neither evaluation nor the drop may recurse per term.
+        let r = std::thread::Builder::new()
+            .stack_size(64 << 10)
+            .spawn(move || e.eval())
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+        assert_eq!(r, Ok(200_784));
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::diag::{Diagnostic, codes, did_you_mean};
 use crate::dsl;
+use crate::limits::{self, MAX_NESTING};
 use crate::span::{SourceId, Span};
 use crate::spec::{Arg, BlockSpec, Item, LayerSpec, ModelSpec, Spanned, Value, ValueKind};
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -31,6 +32,20 @@ impl<'de> Deserialize<'de> for Node {
 }
 
 struct NodeVisitor;
+
+/// Reads one nested YAML node. serde reads nesting by recursion, and without optimisation
+/// (a debug build) one level of the reader's generic code takes tens of KiB of stack; the depth
+/// budget ([`MAX_NESTING`]) bounds the levels, and this moves them to a fresh heap-allocated
+/// stack segment whenever less than [`RED_ZONE`] is left, so even a 2 MiB thread never
+/// overflows.
+fn nested<R>(read: impl FnOnce() -> R) -> R {
+    stacker::maybe_grow(RED_ZONE, STACK_SEGMENT, read)
+}
+
+/// The stack a nested read may need before the next check (generous for debug builds).
+const RED_ZONE: usize = 256 << 10;
+/// The size of each extra stack segment.
+const STACK_SEGMENT: usize = 2 << 20;
 
 impl<'de> Visitor<'de> for NodeVisitor {
     type Value = Node;
@@ -72,7 +87,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element::<SNode>()? {
+        while let Some(v) = nested(|| seq.next_element::<SNode>())? {
             out.push(v);
         }
         Ok(Node::Seq(out))
@@ -80,7 +95,7 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
         let mut out = Vec::new();
         while let Some(k) = map.next_key::<serde_saphyr::Spanned<String>>()? {
-            let v = map.next_value::<SNode>()?;
+            let v = nested(|| map.next_value::<SNode>())?;
             out.push((k, v));
         }
         Ok(Node::Map(out))
@@ -185,11 +200,13 @@ impl Walker<'_> {
                         Some(v)
                     }
                     Err(mut d) => {
-                        d.message = format!(
-                            "cannot read `{}` as a value: {}",
-                            text.trim(),
-                            d.message.trim_start_matches("syntax error: ")
-                        );
+                        if d.code == codes::DSL_SYNTAX {
+                            d.message = format!(
+                                "cannot read `{}` as a value: {}",
+                                abbreviate(text.trim()),
+                                d.message.trim_start_matches("syntax error: ")
+                            );
+                        }
                         self.diags.push(d);
                         None
                     }
@@ -337,7 +354,9 @@ impl Walker<'_> {
         }))
     }
 
-    fn model(&mut self, root: &SNode) -> Option<ModelSpec> {
+    /// The model, built even when parts are missing or wrong (so that lowering can still
+    /// report the independent errors of the rest), and whether its name is real.
+    fn model(&mut self, root: &SNode) -> Option<(ModelSpec, bool)> {
         let rspan = self.node_span(root);
         let Node::Map(entries) = &root.value else {
             self.structure(
@@ -348,6 +367,7 @@ impl Walker<'_> {
             return None;
         };
         let mut name = None;
+        let mut name_written = None;
         let mut args = Vec::new();
         let mut output = None;
         let mut items = None;
@@ -356,11 +376,15 @@ impl Walker<'_> {
             match k.value.as_str() {
                 "name" => match &v.value {
                     Node::Scalar(s) => name = Some(Spanned::new(s.clone(), self.node_span(v))),
-                    _ => self.structure(
-                        self.node_span(v),
-                        "the model name must be a plain word",
-                        "expected a name",
-                    ),
+                    _ => {
+                        let span = self.node_span(v);
+                        name_written = Some(span);
+                        self.structure(
+                            span,
+                            "the model name must be a plain word",
+                            "expected a name such as `SeedCnn`",
+                        );
+                    }
                 },
                 "input" => {
                     if let Some(value) = self.value(v) {
@@ -388,7 +412,8 @@ impl Walker<'_> {
             }
         }
         let head = Span::new(self.source, rspan.lo as usize, rspan.lo as usize);
-        if name.is_none() {
+        // A name that is there but wrong was reported above; "no name" would be a second report.
+        if name.is_none() && name_written.is_none() {
             self.structure(
                 head,
                 "the model has no `name`",
@@ -402,20 +427,48 @@ impl Walker<'_> {
                 "expected `layers:` with a list of layers",
             );
         }
-        let name = name?;
-        Some(ModelSpec {
-            span: name.span,
-            name,
-            args,
-            output,
-            items: items?,
-        })
+        let name_ok = name.is_some();
+        let name =
+            name.unwrap_or_else(|| Spanned::new(String::new(), name_written.unwrap_or(head)));
+        Some((
+            ModelSpec {
+                span: name.span,
+                name,
+                args,
+                output,
+                items: items.unwrap_or_default(),
+            },
+            name_ok,
+        ))
+    }
+}
+
+/// At most this many characters of a scalar are quoted in a message.
+const QUOTE_CHARS: usize = 40;
+
+/// `text`, cut to [`QUOTE_CHARS`] characters with `…` when longer.
+fn abbreviate(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_CHARS) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_string(),
     }
 }
 
 /// Parses a YAML model spec. Returns every problem found, not just the first.
+///
+/// Sequences and mappings nested deeper than [`MAX_NESTING`] are refused by the YAML reader
+/// itself (its depth budget), before the node tree gets deep.
 pub fn parse_model(text: &str, source: SourceId) -> Result<ModelSpec, Vec<Diagnostic>> {
-    let root: SNode = match serde_saphyr::from_str(text) {
+    let mut budget = serde_saphyr::Budget::default();
+    // The scanner reads up to `simple_key_max_lookahead` characters ahead of the events the
+    // depth budget counts, and each flow level takes at least one character: with the flow
+    // limit that much above the budget, the budget (which counts flow and block collections
+    // alike and knows the place) always speaks first, never the parser's "recursion limit".
+    // The scanner counts flow levels without recursing, so the higher limit costs nothing.
+    budget.flow_nesting_limit = MAX_NESTING + 1 + budget.simple_key_max_lookahead;
+    budget.max_depth = MAX_NESTING;
+    let options = serde_saphyr::options! { budget: Some(budget) };
+    let root: SNode = match serde_saphyr::from_str_with_options(text, options) {
         Ok(r) => r,
         Err(e) => return Err(vec![yaml_error(&e, text, source)]),
     };
@@ -424,15 +477,45 @@ pub fn parse_model(text: &str, source: SourceId) -> Result<ModelSpec, Vec<Diagno
         source,
         diags: Vec::new(),
     };
-    let model = w.model(&root);
-    match model {
-        Some(m) if w.diags.is_empty() => Ok(m),
-        _ => Err(w.diags),
+    match w.model(&root) {
+        Some((m, _)) if w.diags.is_empty() => Ok(m),
+        Some((m, name_ok)) => {
+            // Every independent error in one run: what the walk could read is lowered too, so
+            // a bad `input` or attribute is reported beside a structural mistake elsewhere.
+            let mut diags = w.diags;
+            if let Err(more) = crate::lower::lower(&m, crate::Syntax::Yaml) {
+                diags.extend(
+                    more.into_iter()
+                        .filter(|d| name_ok || d.code != codes::BAD_MODEL_NAME),
+                );
+            }
+            Err(diags)
+        }
+        None => Err(w.diags),
     }
 }
 
 fn yaml_error(e: &serde_saphyr::Error, text: &str, source: SourceId) -> Diagnostic {
     let plain = e.without_snippet();
+    if let serde_saphyr::Error::Budget {
+        breach: serde_saphyr::budget::BudgetBreach::Depth { .. },
+        location,
+    } = plain
+    {
+        let o = offset_of(text, location.line(), location.column());
+        return limits::too_deep(Span::new(source, o, o + 1), None);
+    }
+    if let serde_saphyr::Error::DuplicateMappingKey { key, location } = plain {
+        let o = offset_of(text, location.line(), location.column());
+        let len = key.as_ref().map_or(1, |k| k.len().max(1));
+        let message = match key {
+            Some(k) => format!("duplicate key `{k}`"),
+            None => "duplicate key".to_string(),
+        };
+        return Diagnostic::new(codes::YAML_SYNTAX, message)
+            .primary(Span::new(source, o, o + len), "given a second time here")
+            .help("a YAML mapping holds each key once: delete one of the two, or merge them");
+    }
     let (span, what) = match plain.location() {
         Some(loc) => {
             let o = offset_of(text, loc.line(), loc.column());
@@ -492,6 +575,32 @@ mod tests {
         let e = parse_model("name: X\ninput: [1, 2\nlayers: []\n", SourceId(0)).unwrap_err();
         assert_eq!(e[0].code.id, "CNN0001");
         assert!(e[0].primary.is_some());
+    }
+
+    #[test]
+    fn a_bad_name_is_reported_once_beside_a_bad_input() {
+        let e = parse_model(
+            "name: [1, 2]\ninput: \"big\"\nlayers: [flatten]\n",
+            SourceId(0),
+        )
+        .unwrap_err();
+        let messages: Vec<&str> = e.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(e.len(), 2, "{messages:?}");
+        assert_eq!(e[0].message, "the model name must be a plain word");
+        assert!(
+            messages.iter().all(|m| !m.contains("no `name`")),
+            "{messages:?}"
+        );
+        assert!(messages[1].contains("input"), "{messages:?}");
+    }
+
+    #[test]
+    fn duplicate_keys_say_how_to_fix_them() {
+        let e = parse_model("name: A\nname: B\ninput: [3]\nlayers: []\n", SourceId(0)).unwrap_err();
+        assert_eq!(e[0].message, "duplicate key `name`");
+        assert!(!format!("{:?}", e[0]).contains("DuplicateKeyPolicy"));
+        let p = e[0].primary.as_ref().unwrap();
+        assert_eq!(p.span.lo, 8, "the second `name`");
     }
 
     #[test]

@@ -35,10 +35,41 @@ impl AlignedBuf {
         }
     }
 
+    /// [`AlignedBuf::zeros`] that reports a failed allocation (or a length whose bytes
+    /// overflow) as an error instead of aborting the process.
+    pub fn try_zeros(len: usize) -> Result<AlignedBuf, OutOfMemory> {
+        let total = len
+            .checked_add(LINE - 1)
+            .ok_or(OutOfMemory { floats: len })?;
+        let mut data = Vec::new();
+        data.try_reserve_exact(total)
+            .map_err(|_| OutOfMemory { floats: len })?;
+        data.resize(total, 0.0f32);
+        let off = data.as_ptr().align_offset(LINE * 4).min(LINE - 1);
+        Ok(AlignedBuf { data, off, len })
+    }
+
+    /// [`AlignedBuf::grow`] that reports a failed allocation instead of aborting; on failure
+    /// the buffer is unchanged.
+    pub fn try_grow(&mut self, len: usize) -> Result<(), OutOfMemory> {
+        if len > self.len {
+            *self = AlignedBuf::try_zeros(len)?;
+        }
+        Ok(())
+    }
+
     /// Bytes allocated (for memory reports).
     pub fn allocated_bytes(&self) -> usize {
         self.data.capacity() * size_of::<f32>()
     }
+}
+
+/// A buffer of this many floats could not be allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cannot allocate a buffer of {floats} floats ({} bytes): the batch or the model is too large for this machine's memory", floats.saturating_mul(4))]
+pub struct OutOfMemory {
+    /// Floats asked for.
+    pub floats: usize,
 }
 
 impl Deref for AlignedBuf {
@@ -71,5 +102,20 @@ mod tests {
             b.grow(1);
             assert_eq!(b.len(), len + 40, "never shrinks");
         }
+    }
+
+    #[test]
+    fn impossible_sizes_are_errors_not_aborts() {
+        assert_eq!(
+            AlignedBuf::try_zeros(usize::MAX).unwrap_err(),
+            OutOfMemory { floats: usize::MAX }
+        );
+        // More than any address space holds: refused by the allocator's size check.
+        let mut b = AlignedBuf::try_zeros(100).unwrap();
+        assert!(b.try_grow(usize::MAX / 2).is_err());
+        assert_eq!(b.len(), 100, "unchanged after a failed grow");
+        assert_eq!(b.as_ptr() as usize % 64, 0);
+        b.try_grow(1000).unwrap();
+        assert_eq!(b.len(), 1000);
     }
 }

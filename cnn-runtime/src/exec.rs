@@ -54,6 +54,9 @@ pub enum ExecError {
     /// Initialisation failed.
     #[error(transparent)]
     Init(#[from] crate::init::InitError),
+    /// A buffer could not be allocated.
+    #[error(transparent)]
+    OutOfMemory(#[from] crate::buf::OutOfMemory),
     /// The thread pool could not be built.
     #[error("cannot start {threads} worker threads: {message}")]
     Threads {
@@ -237,14 +240,19 @@ impl Executor {
     }
 
     /// Sizes buffers for `batch` images (done automatically by `forward`; call it up front to
-    /// keep the first `forward` free of allocation too).
-    pub fn reserve(&mut self, batch: usize) {
+    /// keep the first `forward` free of allocation too). A batch too large for memory is an
+    /// error, not an abort.
+    pub fn reserve(&mut self, batch: usize) -> Result<(), ExecError> {
         if batch <= self.capacity {
-            return;
+            return Ok(());
         }
-        let n = self.plan.buffer_len.max(self.plan.output_len()) * batch;
-        self.bufs[0].grow(n);
-        self.bufs[1].grow(n);
+        let n = self
+            .plan
+            .buffer_len
+            .max(self.plan.output_len())
+            .saturating_mul(batch);
+        self.bufs[0].try_grow(n)?;
+        self.bufs[1].try_grow(n)?;
         let threads = self.threads();
         let scratch = self.kernels.iter().map(|k| match k {
             Kernel::Conv(c) => c.scratch_len(batch, threads),
@@ -260,16 +268,17 @@ impl Executor {
                 .chain([self.plan.input_len()])
                 .max()
                 .unwrap_or(0);
-            self.lane_bufs[0].grow(most * lb);
-            self.lane_bufs[1].grow(most * lb);
+            self.lane_bufs[0].try_grow(most.saturating_mul(lb))?;
+            self.lane_bufs[1].try_grow(most.saturating_mul(lb))?;
             for s in steps {
                 if let Some(g) = Conv2dGeom::from_op(&s.op) {
                     need = need.max(lanes::conv2d_lanes_scratch_len(&g));
                 }
             }
         }
-        self.scratch.grow(need);
+        self.scratch.try_grow(need)?;
         self.capacity = batch;
+        Ok(())
     }
 
     /// Runs `batch` images (`input` is `[batch, …input_shape]`, flat) and returns the outputs,
@@ -284,7 +293,7 @@ impl Executor {
                 shape: self.plan.input_shape.clone(),
             });
         }
-        self.reserve(batch);
+        self.reserve(batch)?;
         let start = if self.uses_lanes(batch) {
             self.lane_end
         } else {

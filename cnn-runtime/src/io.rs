@@ -163,6 +163,9 @@ pub fn npy_from_bytes(bytes: &[u8], path: &Path) -> Result<ArrayD<f32>> {
         path: path.to_owned(),
         reason,
     };
+    if let Some(reason) = header_overrun(bytes) {
+        return Err(invalid(reason));
+    }
     match ArrayViewD::<f32>::view_npy(aligned) {
         Ok(view) => Ok(view.as_standard_layout().into_owned()),
         Err(ViewNpyError::WrongDescriptor(d)) => Err(IoError::NpyDtype {
@@ -187,7 +190,114 @@ pub fn npy_from_bytes(bytes: &[u8], path: &Path) -> Result<ArrayD<f32>> {
     }
 }
 
-/// Writes `array` as a little-endian `float32` `.npy` file in C order.
+/// Why a `.npy` file's header cannot fit in it (its length field points past the end), or
+/// `None` when it fits or the file is not `.npy` at all (the parser then says what is wrong).
+fn header_overrun(bytes: &[u8]) -> Option<String> {
+    if !bytes.starts_with(b"\x93NUMPY") || bytes.len() < 8 {
+        return None;
+    }
+    let start = match bytes[6] {
+        1 => 10,
+        2 | 3 => 12,
+        _ => return None,
+    };
+    let field = bytes.get(8..start)?;
+    let claimed = field
+        .iter()
+        .rev()
+        .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+    let after = bytes.len() - start;
+    (claimed > after).then(|| {
+        format!(
+            "its header claims {claimed} bytes, but only {after} follow the {start}-byte preamble: the file is truncated or was not written by NumPy"
+        )
+    })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder (named by
+/// [`temp_path`]) is written and flushed to disk, then renamed over `path`, and the folder is
+/// synced. A crash or a kill leaves the old file or the new one, never a part of either; on
+/// failure the temporary file is removed. Every file `cnn` writes goes through here.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = temp_path(path)?;
+    let dir = folder_of(path);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable. Directories cannot be opened for syncing everywhere
+        // (e.g. Windows); that only weakens durability, not atomicity.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// The folder `path` is in (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// A fresh temporary name beside `path`: `.NAME.tmpPID-N`, unique per process and call, so
+/// concurrent writers never share one, and hidden, so listings stay clean.
+pub fn temp_path(path: &Path) -> std::io::Result<PathBuf> {
+    let file_name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
+    })?;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut name = std::ffi::OsString::from(".");
+    name.push(file_name);
+    name.push(format!(".tmp{}-{n}", std::process::id()));
+    Ok(folder_of(path).join(name))
+}
+
+/// The process id in a name made by [`temp_path`], or `None` for any other name.
+fn temp_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp")?;
+    let (pid, n) = tail.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(pid) && digits(n))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// Removes the temporary files [`write_atomic`] left in `dir` when a process was killed
+/// mid-write (only names made by [`temp_path`]; not those of a process that is still running,
+/// where that can be told). Returns the paths removed.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(pid) = entry.file_name().to_str().and_then(temp_owner) else {
+            continue;
+        };
+        let proc_dir = Path::new("/proc");
+        let alive = pid == std::process::id()
+            || (proc_dir.is_dir() && proc_dir.join(pid.to_string()).exists());
+        if !alive && entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
+/// Writes `array` as a little-endian `float32` `.npy` file in C order, atomically
+/// ([`write_atomic`]).
 pub fn write_npy<D: ndarray::Dimension>(
     path: &Path,
     array: &ndarray::ArrayRef<f32, D>,
@@ -200,7 +310,7 @@ pub fn write_npy<D: ndarray::Dimension>(
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-    std::fs::write(path, bytes).map_err(|source| IoError::Io {
+    write_atomic(path, &bytes).map_err(|source| IoError::Io {
         action: "write",
         path: path.to_owned(),
         source,
@@ -511,6 +621,92 @@ mod tests {
 
     use png::BitDepth::{Eight, Four, Sixteen};
     use png::ColorType::{Grayscale, GrayscaleAlpha, Indexed, Rgb, Rgba};
+
+    #[test]
+    fn a_header_longer_than_the_file_is_named() {
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend(60_000u16.to_le_bytes());
+        b.extend(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2,), }");
+        let e = npy_from_bytes(&b, Path::new("x.npy"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`x.npy`")
+                && e.contains("claims 60000 bytes")
+                && e.contains("only 57 follow"),
+            "{e}"
+        );
+        // Version 2 has a 4-byte length field.
+        let mut b = b"\x93NUMPY\x02\x00".to_vec();
+        b.extend(1_000_000u32.to_le_bytes());
+        let e = npy_from_bytes(&b, Path::new("y.npy"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("claims 1000000 bytes"), "{e}");
+        // A preamble cut short is not an overrun but still an error.
+        assert!(npy_from_bytes(b"\x93NUMPY\x01", Path::new("z.npy")).is_err());
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("cnn-io-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_temporary_file() {
+        let d = scratch("atomic");
+        let p = d.join("out.csv");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["out.csv"]);
+        // A folder that does not exist: an error, and nothing left behind.
+        let e = write_atomic(&d.join("missing/out.csv"), b"x").unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_are_removed() {
+        let d = scratch("stale");
+        let keep = [
+            "weights.safetensors",
+            ".hidden",
+            "a.tmp1-2",
+            ".x.tmpA-1",
+            ".x.tmp1-",
+        ];
+        for n in keep {
+            std::fs::write(d.join(n), b"").unwrap();
+        }
+        // A pid no process can have on Linux (above pid_max), and the old checkpoint naming.
+        let dead = ".checkpoint.safetensors.tmp4999999-0";
+        std::fs::write(d.join(dead), b"partial").unwrap();
+        std::fs::write(d.join(".curves.png.tmp4999999-12"), b"").unwrap();
+        let mine = temp_path(&d.join("metrics.csv")).unwrap();
+        std::fs::write(&mine, b"").unwrap();
+        let mut removed = remove_stale_temps(&d).unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                d.join(".checkpoint.safetensors.tmp4999999-0"),
+                d.join(".curves.png.tmp4999999-12")
+            ]
+        );
+        assert!(mine.exists(), "a running process's temporary file is kept");
+        for n in keep {
+            assert!(d.join(n).exists(), "{n}");
+        }
+        assert_eq!(temp_owner(dead), Some(4_999_999));
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn grey_8bit_is_to_tensor() {

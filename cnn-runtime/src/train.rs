@@ -20,7 +20,7 @@
 //! in `softmax`. Same seed, same thread count → identical weights (the kernels are
 //! deterministic; dropout masks come from a seeded generator).
 
-use crate::buf::AlignedBuf;
+use crate::buf::{AlignedBuf, OutOfMemory};
 use crate::exec::{ExecError, init_weights, param_specs};
 use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::grad::{self, DropoutRng};
@@ -280,13 +280,13 @@ impl Trainer {
             .tensors
             .iter()
             .map(|t| {
+                let mut g = Vec::new();
                 if t.role.trainable() {
-                    vec![0.0; t.numel()]
-                } else {
-                    Vec::new()
+                    try_resize(&mut g, t.numel(), 0.0).map_err(ExecError::from)?;
                 }
+                Ok(g)
             })
-            .collect();
+            .collect::<Result<_, TrainError>>()?;
         let pool = std::sync::Arc::new(
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -396,11 +396,12 @@ impl Trainer {
             + self.masks.iter().map(Vec::capacity).sum::<usize>()
     }
 
-    fn reserve(&mut self, batch: usize) {
+    fn reserve(&mut self, batch: usize) -> Result<(), OutOfMemory> {
         if batch <= self.capacity {
-            return;
+            return Ok(());
         }
-        self.input.grow(self.plan.input_len() * batch);
+        self.input
+            .try_grow(self.plan.input_len().saturating_mul(batch))?;
         // Room for the lane path's rounded-up batch in the buffers it uses.
         let lb = if self.lane_end > 0 {
             lanes::lane_slots(batch) * LANES
@@ -409,28 +410,31 @@ impl Trainer {
         };
         let slots = lb / LANES;
         if self.lane_end > 0 {
-            self.in_lanes.grow(self.plan.input_len() * lb);
+            self.in_lanes
+                .try_grow(self.plan.input_len().saturating_mul(lb))?;
             self.last_lanes
-                .grow(self.ops[self.lane_end - 1].out_len * lb);
+                .try_grow(self.ops[self.lane_end - 1].out_len.saturating_mul(lb))?;
         }
         let mut dmax = self.plan.input_len();
         let mut scratch = 0;
         for (k, op) in self.ops.iter().enumerate() {
             let nb = if k < self.lane_end { lb } else { batch };
             if !elided(&self.ops, k) {
-                self.outs[k].grow(op.out_len * nb);
+                self.outs[k].try_grow(op.out_len.saturating_mul(nb))?;
             }
             dmax = dmax.max(op.out_len).max(op.in_len);
             match &op.op {
                 Op::Pool2d {
                     kind: PoolKind::Max,
                     ..
-                } => self.pool_idx[k].resize(op.out_len * nb, 0),
+                } => try_resize(&mut self.pool_idx[k], op.out_len.saturating_mul(nb), 0)?,
                 Op::BatchNorm2d { channels, .. } => {
                     self.bn_mean[k].resize(*channels, 0.0);
                     self.bn_inv_std[k].resize(*channels, 0.0);
                 }
-                Op::Dropout { .. } => self.masks[k].resize(op.out_len * batch, 0),
+                Op::Dropout { .. } => {
+                    try_resize(&mut self.masks[k], op.out_len.saturating_mul(batch), 0)?
+                }
                 Op::Conv2d { .. } => {
                     if let Some(g) = Conv2dGeom::from_op(&op.op) {
                         let threads = self.pool.current_num_threads();
@@ -448,10 +452,11 @@ impl Trainer {
             }
         }
         for d in &mut self.dbuf {
-            d.grow(dmax * lb);
+            d.try_grow(dmax.saturating_mul(lb))?;
         }
-        self.scratch.grow(scratch);
+        self.scratch.try_grow(scratch)?;
         self.capacity = batch;
+        Ok(())
     }
 
     fn check_batch(&self, images: &[f32], labels: &[usize]) -> Result<usize, TrainError> {
@@ -483,7 +488,7 @@ impl Trainer {
         labels: &[usize],
     ) -> Result<StepStats, TrainError> {
         let batch = self.check_batch(images, labels)?;
-        self.reserve(batch);
+        self.reserve(batch).map_err(ExecError::from)?;
         self.input[..images.len()].copy_from_slice(images);
         let pool = std::sync::Arc::clone(&self.pool);
         let result = pool.install(|| {
@@ -532,7 +537,7 @@ impl Trainer {
     /// finite-difference checks.
     pub fn train_loss(&mut self, images: &[f32], labels: &[usize]) -> Result<f64, TrainError> {
         let batch = self.check_batch(images, labels)?;
-        self.reserve(batch);
+        self.reserve(batch).map_err(ExecError::from)?;
         self.input[..images.len()].copy_from_slice(images);
         let pool = std::sync::Arc::clone(&self.pool);
         pool.install(|| self.forward(batch, true));
@@ -553,7 +558,7 @@ impl Trainer {
         labels: &[usize],
     ) -> Result<(StepStats, &[f32]), TrainError> {
         let batch = self.check_batch(images, labels)?;
-        self.reserve(batch);
+        self.reserve(batch).map_err(ExecError::from)?;
         self.input[..images.len()].copy_from_slice(images);
         let pool = std::sync::Arc::clone(&self.pool);
         pool.install(|| self.forward(batch, false));
@@ -1163,7 +1168,17 @@ pub fn evaluate_dataset(
     })
 }
 
-const OPTIM_PREFIX: &str = "__optim__.";
+use crate::weights::OPTIM_PREFIX;
+
+/// Resizes `v` to `len` copies of `value`, reporting a failed allocation instead of aborting.
+fn try_resize<T: Clone>(v: &mut Vec<T>, len: usize, value: T) -> Result<(), OutOfMemory> {
+    if len > v.len() {
+        v.try_reserve_exact(len - v.len())
+            .map_err(|_| OutOfMemory { floats: len })?;
+    }
+    v.resize(len, value);
+    Ok(())
+}
 
 /// Saves weights, optimizer state and counters atomically (write, then rename) as one
 /// safetensors file; `metadata` (e.g. the completed epoch) goes into the header.

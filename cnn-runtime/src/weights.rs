@@ -4,13 +4,14 @@
 //! `conv1.weight [6, 1, 5, 5]` — and [`load`] either returns every tensor, in that order, as
 //! `f32`, or one [`WeightsError::Mismatch`] listing *all* the problems in the file at once:
 //! missing, unexpected (with a "did you mean" for a near name), mis-shaped and wrongly typed
-//! tensors.
+//! tensors, NaN or infinite values (name, count and first index), negative batch-norm running
+//! variances, and a training checkpoint given where weights belong.
 //!
 //! Element types on load:
 //! - `F32` is read as is.
 //! - `F16` and `BF16` are widened to `f32` exactly; `F64` is rounded to the nearest `f32`
-//!   (values beyond ±3.4·10³⁸ become infinite). Models saved in half or double precision load
-//!   without a conversion step.
+//!   (values beyond ±3.4·10³⁸ would become infinite and are reported like any non-finite
+//!   value). Models saved in half or double precision load without a conversion step.
 //! - Integer and other types are rejected, except for `num_batches_tracked`
 //!   ([`ParamKind::NumBatchesTracked`]), which PyTorch stores as a 0-d `I64`: any integer or
 //!   float type is accepted and kept as an `f32` count (exact below 2²⁴). A missing
@@ -39,7 +40,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
@@ -88,7 +89,7 @@ impl ParamSpec {
 }
 
 /// One way a file fails to match the expected parameters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum TensorProblem {
     /// An expected tensor is not in the file.
     Missing {
@@ -123,6 +124,33 @@ pub enum TensorProblem {
         shape: Vec<usize>,
         /// The type in the file, e.g. `I32`.
         found: String,
+    },
+    /// A tensor holds NaN or infinite values.
+    NonFinite {
+        /// Its name.
+        name: String,
+        /// How many values are not finite.
+        count: usize,
+        /// The flat (C-order) index of the first one.
+        first: usize,
+        /// That value.
+        value: f32,
+    },
+    /// A batch-norm running variance holds negative values.
+    NegativeVariance {
+        /// Its name.
+        name: String,
+        /// How many values are negative.
+        count: usize,
+        /// The flat index of the first one.
+        first: usize,
+        /// That value.
+        value: f32,
+    },
+    /// The file is a training checkpoint (weights plus optimizer state), not a weights file.
+    Checkpoint {
+        /// How many optimizer tensors (named `__optim__.…`) it holds.
+        optimizer_tensors: usize,
     },
 }
 
@@ -173,12 +201,73 @@ impl fmt::Display for TensorProblem {
                 "tensor `{name}` {} has element type {found}, expected F32 (F64, F16 and BF16 are converted)",
                 Dims(shape)
             ),
+            TensorProblem::NonFinite {
+                name,
+                count,
+                first,
+                value,
+            } => write!(
+                f,
+                "tensor `{name}` holds {count} non-finite value{} (the first is {value}, at flat index {first}): training diverged or the file is damaged; use weights from an earlier epoch",
+                plural(*count)
+            ),
+            TensorProblem::NegativeVariance {
+                name,
+                count,
+                first,
+                value,
+            } => write!(
+                f,
+                "tensor `{name}` is a batch-norm running variance but holds {count} negative value{} (the first is {value}, at flat index {first}); a variance is never negative, so the file is damaged",
+                plural(*count)
+            ),
+            TensorProblem::Checkpoint { optimizer_tensors } => write!(
+                f,
+                "this is a training checkpoint (weights plus {optimizer_tensors} optimizer tensor{} named `{OPTIM_PREFIX}…`): use it with `--resume`, or give the weights file the run wrote (weights.safetensors)",
+                plural(*optimizer_tensors)
+            ),
         }
     }
 }
 
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The name prefix of the optimizer-state tensors in a training checkpoint.
+pub const OPTIM_PREFIX: &str = "__optim__.";
+
+/// The problem with values that were read correctly but cannot be parameters: NaN or
+/// infinite values anywhere, negative values in a batch-norm running variance.
+fn value_problem(name: &str, kind: ParamKind, values: &[f32]) -> Option<TensorProblem> {
+    let first_and_count = |bad: &dyn Fn(f32) -> bool| {
+        let first = values.iter().position(|v| bad(*v))?;
+        let count = values[first..].iter().filter(|v| bad(**v)).count();
+        Some((first, count))
+    };
+    if let Some((first, count)) = first_and_count(&|v| !v.is_finite()) {
+        return Some(TensorProblem::NonFinite {
+            name: name.to_string(),
+            count,
+            first,
+            value: values[first],
+        });
+    }
+    if kind == ParamKind::RunningVar
+        && let Some((first, count)) = first_and_count(&|v| v < 0.0)
+    {
+        return Some(TensorProblem::NegativeVariance {
+            name: name.to_string(),
+            count,
+            first,
+            value: values[first],
+        });
+    }
+    None
+}
+
 /// The problems of one file, rendered one per line under a summary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Problems(pub Vec<TensorProblem>);
 
 impl fmt::Display for Problems {
@@ -395,7 +484,10 @@ pub fn load_bytes(bytes: &[u8], file: &Path, specs: &[ParamSpec]) -> Result<Weig
             continue;
         }
         match to_f32(view.dtype(), view.data(), spec.kind) {
-            Some(v) if Some(v.len()) == spec.numel() => values[i] = Some(v),
+            Some(v) if Some(v.len()) == spec.numel() => match value_problem(&name, spec.kind, &v) {
+                Some(p) => problems.push(p),
+                None => values[i] = Some(v),
+            },
             Some(_) => problems.push(TensorProblem::Shape {
                 name,
                 expected: spec.shape.clone(),
@@ -415,6 +507,16 @@ pub fn load_bytes(bytes: &[u8], file: &Path, specs: &[ParamSpec]) -> Result<Weig
         .filter(|(s, v)| v.is_none() && !problems.iter().any(|p| problem_name(p) == s.name))
         .map(|(s, _)| s)
         .collect();
+    // A checkpoint's optimizer state is one problem ("this is a checkpoint"), not one
+    // "unexpected tensor" per moment buffer.
+    let optimizer_tensors = unexpected
+        .iter()
+        .filter(|(n, _)| n.starts_with(OPTIM_PREFIX))
+        .count();
+    if optimizer_tensors > 0 {
+        unexpected.retain(|(n, _)| !n.starts_with(OPTIM_PREFIX));
+        problems.push(TensorProblem::Checkpoint { optimizer_tensors });
+    }
     for (name, shape) in unexpected {
         let did_you_mean = suggest(&name, missing.iter().map(|s| s.name.as_str()))
             .or_else(|| suggest(&name, specs.iter().map(|s| s.name.as_str())));
@@ -436,10 +538,13 @@ pub fn load_bytes(bytes: &[u8], file: &Path, specs: &[ParamSpec]) -> Result<Weig
     }
     if !problems.is_empty() {
         problems.sort_by_key(|p| match p {
-            TensorProblem::Missing { .. } => 0,
-            TensorProblem::Unexpected { .. } => 1,
-            TensorProblem::Shape { .. } => 2,
-            TensorProblem::Dtype { .. } => 3,
+            TensorProblem::Checkpoint { .. } => 0,
+            TensorProblem::Missing { .. } => 1,
+            TensorProblem::Unexpected { .. } => 2,
+            TensorProblem::Shape { .. } => 3,
+            TensorProblem::Dtype { .. } => 4,
+            TensorProblem::NonFinite { .. } => 5,
+            TensorProblem::NegativeVariance { .. } => 6,
         });
         return Err(WeightsError::Mismatch {
             file: file.to_owned(),
@@ -464,7 +569,10 @@ fn problem_name(p: &TensorProblem) -> &str {
         TensorProblem::Missing { name, .. }
         | TensorProblem::Unexpected { name, .. }
         | TensorProblem::Shape { name, .. }
-        | TensorProblem::Dtype { name, .. } => name,
+        | TensorProblem::Dtype { name, .. }
+        | TensorProblem::NonFinite { name, .. }
+        | TensorProblem::NegativeVariance { name, .. } => name,
+        TensorProblem::Checkpoint { .. } => "",
     }
 }
 
@@ -607,47 +715,10 @@ pub fn save(path: &Path, weights: &Weights) -> Result<()> {
 /// the old file or the new one, never a mix.
 pub fn save_atomic(path: &Path, weights: &Weights) -> Result<()> {
     let bytes = to_bytes(weights)?;
-    let io_err = |source| WeightsError::Io {
+    crate::io::write_atomic(path, &bytes).map_err(|source| WeightsError::Io {
         action: "write",
         path: path.to_owned(),
         source,
-    };
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path.file_name().ok_or_else(|| {
-        io_err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "the path names no file",
-        ))
-    })?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    // Unique per process and per call, so concurrent saves never share a temporary file.
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tmp_name.push(format!(".tmp{}-{n}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let write = || -> io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        // Make the rename itself durable. Directories cannot be opened for syncing everywhere
-        // (e.g. Windows); that only weakens durability, not atomicity.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    };
-    write().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(e)
     })
 }
 
@@ -821,6 +892,69 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_values_negative_variances_and_checkpoints_are_named() {
+        let w = weights();
+        let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = w
+            .iter()
+            .map(|(s, v)| (s.name.clone(), s.shape.clone(), v.to_vec()))
+            .collect();
+        for (name, _, v) in &mut owned {
+            match name.as_str() {
+                "fc.weight" => {
+                    v[5] = f32::NAN;
+                    v[7] = f32::NEG_INFINITY;
+                }
+                "bn1.running_var" => {
+                    v[1] = -0.5;
+                }
+                _ => {}
+            }
+        }
+        for k in 0..3 {
+            owned.push((format!("{OPTIM_PREFIX}exp_avg.{k}"), vec![2], vec![0.0; 2]));
+        }
+        let t: Vec<(&str, Dtype, &[usize], Vec<u8>)> = owned
+            .iter()
+            .map(|(n, s, v)| (n.as_str(), Dtype::F32, &s[..], f32s(v)))
+            .collect();
+        let err = load_bytes(&file_with(&t), Path::new("ckpt.safetensors"), &specs()).unwrap_err();
+        let msg = err.to_string();
+        let problems = mismatch(Err(err));
+        assert_eq!(problems.len(), 3, "{msg}");
+        assert_eq!(
+            problems[0],
+            TensorProblem::Checkpoint {
+                optimizer_tensors: 3
+            }
+        );
+        assert!(
+            matches!(&problems[1], TensorProblem::NonFinite { name, count: 2, first: 5, value } if name == "fc.weight" && value.is_nan()),
+            "{msg}"
+        );
+        assert_eq!(
+            problems[2],
+            TensorProblem::NegativeVariance {
+                name: "bn1.running_var".into(),
+                count: 1,
+                first: 1,
+                value: -0.5
+            }
+        );
+        assert!(msg.contains("this is a training checkpoint"), "{msg}");
+        assert!(msg.contains("--resume"), "{msg}");
+        assert!(!msg.contains("unexpected tensor"), "{msg}");
+        assert!(
+            msg.contains("2 non-finite values (the first is NaN, at flat index 5)"),
+            "{msg}"
+        );
+        // Negative values are fine where they make sense (weights, biases, running means).
+        let mut ok = w.clone().into_values();
+        ok[0][0] = -3.0;
+        let fine = Weights::new(&specs(), ok).unwrap();
+        assert!(load_bytes(&to_bytes(&fine).unwrap(), Path::new("m"), &specs()).is_ok());
+    }
+
+    #[test]
     fn missing_num_batches_tracked_defaults_to_zero() {
         let all = specs();
         let t: Vec<(&str, Dtype, &[usize], Vec<u8>)> = all
@@ -856,19 +990,32 @@ mod tests {
             .iter()
             .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
             .collect();
-        let f64s: Vec<u8> = [0.1f64, 1e300]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
+        let f64s = |v: [f64; 2]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
         let bytes = file_with(&[
-            ("a", Dtype::F16, &[2], f16),
-            ("b", Dtype::BF16, &[2], bf16),
-            ("c", Dtype::F64, &[2], f64s),
+            ("a", Dtype::F16, &[2], f16.clone()),
+            ("b", Dtype::BF16, &[2], bf16.clone()),
+            ("c", Dtype::F64, &[2], f64s([0.1, -2.0])),
         ]);
         let w = load_bytes(&bytes, Path::new("x"), &s).unwrap();
         assert_eq!(w.get("a"), Some(&[1.5, -0.25][..]));
         assert_eq!(w.get("b"), Some(&[3.0, 0.5][..]));
-        assert_eq!(w.get("c"), Some(&[0.1f32, f32::INFINITY][..]));
+        assert_eq!(w.get("c"), Some(&[0.1f32, -2.0][..]));
+        // A double beyond f32's range would become infinite: reported, not loaded.
+        let bytes = file_with(&[
+            ("a", Dtype::F16, &[2], f16),
+            ("b", Dtype::BF16, &[2], bf16),
+            ("c", Dtype::F64, &[2], f64s([0.1, 1e300])),
+        ]);
+        let problems = mismatch(load_bytes(&bytes, Path::new("x"), &s));
+        assert_eq!(
+            problems,
+            [TensorProblem::NonFinite {
+                name: "c".into(),
+                count: 1,
+                first: 1,
+                value: f32::INFINITY
+            }]
+        );
     }
 
     #[test]

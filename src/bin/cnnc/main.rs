@@ -1,7 +1,12 @@
 //! `cnnc`: check, summarise, run, generate and train `cnn` models from the command line.
 //!
-//! Exit codes: 0 success, 1 the spec (or weights/data) has errors, 2 usage or I/O errors.
+//! Exit codes (see `exit`): 0 success, 1 the spec, weights or data are wrong, 2 usage or I/O
+//! errors, 130 training interrupted.
 
+mod exit;
+mod flags;
+mod memory;
+mod outputs;
 mod plot;
 mod run_cmds;
 mod spec_cmds;
@@ -12,7 +17,7 @@ use std::process::ExitCode;
 
 /// The cnn model compiler.
 #[derive(Parser)]
-#[command(name = "cnnc", version, about = "Check, explain, run, generate and train declared CNNs", long_about = None)]
+#[command(name = "cnnc", version, about = "Check, explain, run, generate and train declared CNNs", long_about = None, after_help = exit::HELP)]
 struct Cli {
     /// Print the long explanation of an error code (e.g. CNN0301), like `rustc --explain`.
     #[arg(long, value_name = "CODE")]
@@ -20,6 +25,10 @@ struct Cli {
     /// Colour in diagnostics.
     #[arg(long, value_enum, default_value_t = Color::Auto, global = true)]
     color: Color,
+    /// Refuse to run, train or benchmark a model whose estimated memory exceeds this
+    /// (e.g. 8G, 512M; default: the memory the machine has available).
+    #[arg(long, value_name = "SIZE", global = true, value_parser = memory::parse_size)]
+    max_memory: Option<u64>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -50,7 +59,8 @@ enum Command {
         /// Diagnostic output format.
         #[arg(long, value_enum, default_value_t = MessageFormat::Human)]
         message_format: MessageFormat,
-        /// Also check a safetensors file against the (single) spec, without running it.
+        /// Also check a safetensors file against the (single) spec, without running it:
+        /// names, shapes, types, NaN/infinite values and negative batch-norm variances.
         #[arg(long, value_name = "W.safetensors")]
         weights: Option<String>,
     },
@@ -84,17 +94,17 @@ enum Command {
         /// Write the outputs as .npy.
         #[arg(long)]
         output: Option<String>,
-        /// Worker threads (0 = one per core).
-        #[arg(long, default_value_t = 0)]
+        /// Worker threads (0 = one per core; at most 4 per core, 256 in all).
+        #[arg(long, default_value_t = 0, value_parser = flags::threads)]
         threads: usize,
         /// Classes to print per sample.
         #[arg(long, default_value_t = 3)]
         top_k: usize,
         /// Per-channel mean for image inputs (with --std), e.g. 0.1307.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', value_parser = flags::finite_f32, allow_negative_numbers = true, requires = "std")]
         mean: Option<Vec<f32>>,
-        /// Per-channel std for image inputs (with --mean), e.g. 0.3081.
-        #[arg(long, value_delimiter = ',')]
+        /// Per-channel std for image inputs (with --mean), e.g. 0.3081; above 0.
+        #[arg(long, value_delimiter = ',', value_parser = flags::positive_f32, allow_negative_numbers = true, requires = "mean")]
         std: Option<Vec<f32>>,
     },
     /// Train on MNIST-style IDX data: progress, per-epoch table, metrics CSV, plots, checkpoints.
@@ -127,7 +137,7 @@ enum Command {
         #[arg(long)]
         data: Option<String>,
         /// `test` or `train`.
-        #[arg(long, default_value = "test")]
+        #[arg(long, default_value = "test", value_parser = ["test", "train"])]
         split: String,
         /// Where to write the confusion-matrix plot (`STEM.png`, `STEM.svg`).
         #[arg(long)]
@@ -135,8 +145,8 @@ enum Command {
         /// Print {"accuracy", "loss", "per_class", "images", "confusion"}.
         #[arg(long)]
         json: bool,
-        /// Worker threads (0 = one per core).
-        #[arg(long, default_value_t = 0)]
+        /// Worker threads (0 = one per core; at most 4 per core, 256 in all).
+        #[arg(long, default_value_t = 0, value_parser = flags::threads)]
         threads: usize,
     },
     /// Train several specs with the same data, seeds and schedule; one table, one plot.
@@ -146,8 +156,8 @@ enum Command {
         specs: Vec<String>,
         #[command(flatten)]
         opts: train_cmds::TrainOpts,
-        /// Seeds per spec (mean ± std over them).
-        #[arg(long, default_value_t = 1)]
+        /// Seeds per spec (mean ± std over them); at least 1.
+        #[arg(long, default_value_t = 1, value_parser = flags::at_least_one_u64)]
         seeds: u64,
         /// Folder for the comparison plot (default runs/compare).
         #[arg(long)]
@@ -168,14 +178,14 @@ enum Command {
     Bench {
         /// Spec file.
         spec: String,
-        /// Batch size.
-        #[arg(long, default_value_t = 64)]
+        /// Batch size (1 to 65,536).
+        #[arg(long, default_value_t = 64, value_parser = flags::bench_batch)]
         batch: usize,
-        /// Worker threads (0 = one per core).
-        #[arg(long, default_value_t = 0)]
+        /// Worker threads (0 = one per core; at most 4 per core, 256 in all).
+        #[arg(long, default_value_t = 0, value_parser = flags::threads)]
         threads: usize,
-        /// Seconds to time each path.
-        #[arg(long, default_value_t = 3.0)]
+        /// Seconds to time each path (above 0, at most a day; at least 10 runs are timed).
+        #[arg(long, default_value_t = 3.0, value_parser = flags::seconds, allow_negative_numbers = true)]
         seconds: f64,
         /// One JSON object per line.
         #[arg(long)]
@@ -204,10 +214,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    memory::set_limit(cli.max_memory);
     // A bad CNN_ISA is a usage error here, not a silent fallback to the best ISA.
     if let Err(e) = cnn::runtime::kernels::Isa::from_env() {
         eprintln!("error: CNN_ISA: {e}");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::USAGE_OR_IO);
     }
     let color = match cli.color {
         Color::Always => true,
@@ -225,13 +236,13 @@ fn main() -> ExitCode {
             }
             None => {
                 eprintln!("error: no such error code `{code}` (codes look like CNN0301)");
-                ExitCode::from(2)
+                ExitCode::from(exit::USAGE_OR_IO)
             }
         };
     }
     let Some(command) = cli.command else {
         eprintln!("error: no command given; try `cnnc --help`");
-        return ExitCode::from(2);
+        return ExitCode::from(exit::USAGE_OR_IO);
     };
     match command {
         Command::Check {
@@ -242,7 +253,7 @@ fn main() -> ExitCode {
             let _ = message_format;
             if files.len() != 1 {
                 eprintln!("error: --weights checks one spec file at a time");
-                return ExitCode::from(2);
+                return ExitCode::from(exit::USAGE_OR_IO);
             }
             run_cmds::check_weights(&files[0], &w, color)
         }
@@ -329,15 +340,11 @@ fn main() -> ExitCode {
             compare_lanes,
             isa,
         } => {
-            if batch == 0 {
-                eprintln!("error: --batch must be at least 1");
-                return ExitCode::from(2);
-            }
             if let Some(name) = isa {
                 use cnn::runtime::kernels::Isa;
                 if let Err(e) = Isa::parse(&name).and_then(Isa::force) {
                     eprintln!("error: --isa {name}: {e}");
-                    return ExitCode::from(2);
+                    return ExitCode::from(exit::USAGE_OR_IO);
                 }
             }
             run_cmds::bench(

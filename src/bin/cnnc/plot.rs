@@ -13,7 +13,7 @@ use plotters::style::FontTransform;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::ffi::OsString;
 use std::fs;
-use std::io::{BufWriter, Write};
+
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -158,7 +158,7 @@ fn write_both(stem: &Path, size: (u32, u32), fig: &impl Draw) -> Result<[PathBuf
             .and_then(|()| root.present())
             .map_err(|e| anyhow!("cannot draw {}: {e}", png_path.display()))?;
     }
-    write_png(&png_path, size, &rgb)?;
+    crate::outputs::write(&png_path, &encode_png(size, &rgb)?)?;
 
     // SVG: draw into a string, then write it.
     let mut svg = String::new();
@@ -168,27 +168,22 @@ fn write_both(stem: &Path, size: (u32, u32), fig: &impl Draw) -> Result<[PathBuf
             .and_then(|()| root.present())
             .map_err(|e| anyhow!("cannot draw {}: {e}", svg_path.display()))?;
     }
-    fs::write(&svg_path, svg).with_context(|| format!("cannot write {}", svg_path.display()))?;
+    crate::outputs::write(&svg_path, svg.as_bytes())?;
     Ok([png_path, svg_path])
 }
 
-/// Encodes an 8-bit RGB buffer of `size` as a PNG file at `path`.
-fn write_png(path: &Path, size: (u32, u32), rgb: &[u8]) -> Result<()> {
-    let file =
-        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut out = BufWriter::new(file);
+/// Encodes an 8-bit RGB buffer of `size` as PNG bytes.
+fn encode_png(size: (u32, u32), rgb: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, size.0, size.1);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    let mut writer = encoder
-        .write_header()
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    let mut writer = encoder.write_header().context("cannot encode a PNG")?;
     writer
         .write_image_data(rgb)
         .and_then(|()| writer.finish())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    out.flush()
-        .with_context(|| format!("cannot write {}", path.display()))
+        .context("cannot encode a PNG")?;
+    Ok(out)
 }
 
 /// A figure that can be drawn onto any plotters backend (bitmap and SVG are distinct types).

@@ -1,6 +1,7 @@
 //! `cnnc run`, `cnnc gen`, `cnnc bench` and `cnnc check --weights`.
 
 use crate::MessageFormat;
+use crate::exit;
 use crate::spec_cmds::{emit, read_spec};
 use anyhow::{Context, bail};
 use cnn::dsl::plan::{Plan, plan};
@@ -18,29 +19,26 @@ pub fn load_model(file: &str, color: bool) -> Result<CheckedModel, ExitCode> {
     let mut sources = SourceMap::new();
     cnn::dsl::compile_source(&mut sources, file, &text).map_err(|d| {
         emit(&d, &sources, MessageFormat::Human, color);
-        ExitCode::from(1)
+        ExitCode::from(exit::INVALID)
     })
 }
 
 /// Weights from `--weights`, `--init`, or none for a parameter-free model.
 pub fn load_weights(p: &Plan, weights: Option<&str>, init: Option<u64>) -> anyhow::Result<Weights> {
     match (weights, init) {
-        (Some(w), _) => {
-            weights::load(Path::new(w), &param_specs(p)).map_err(|e| anyhow::anyhow!("{e}"))
-        }
+        (Some(w), _) => Ok(weights::load(Path::new(w), &param_specs(p))?),
         (None, Some(seed)) => Ok(cnn::runtime::exec::init_weights(p, seed)?),
         (None, None) if p.tensors.is_empty() => Ok(Weights::new(&[], vec![])?),
-        (None, None) => bail!(
+        (None, None) => Err(exit::usage(format!(
             "`{}` has {} parameter tensors: give --weights FILE.safetensors or --init SEED",
             p.name,
             p.tensors.len()
-        ),
+        ))),
     }
 }
 
 fn report(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
-    ExitCode::from(1)
+    exit::report(&e)
 }
 
 /// `cnnc check SPEC --weights W`: compare a safetensors file with the spec, without running.
@@ -60,10 +58,7 @@ pub fn check_weights(file: &str, weights_path: &str, color: bool) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => report(e.into()),
     }
 }
 
@@ -91,15 +86,12 @@ pub fn generate(file: &str, out: Option<&str>, color: bool) -> ExitCode {
         }
     };
     match out {
-        Some(path) => match std::fs::write(path, src) {
+        Some(path) => match crate::outputs::write(Path::new(path), src.as_bytes()) {
             Ok(()) => {
                 eprintln!("wrote {path}");
                 ExitCode::SUCCESS
             }
-            Err(e) => {
-                eprintln!("error: cannot write `{path}`: {e}");
-                ExitCode::from(2)
-            }
+            Err(e) => report(e),
         },
         None => {
             print!("{src}");
@@ -141,7 +133,12 @@ pub fn run(a: RunArgs<'_>, color: bool) -> ExitCode {
 }
 
 fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
+    if let Some(path) = a.output {
+        crate::outputs::ensure_writable_file(Path::new(path))?;
+    }
     let p = plan(model);
+    // Before the weights are read or initialised: a model too large for one image.
+    crate::memory::check(model, crate::memory::Mode::Inference { batch: 1 })?;
     let w = load_weights(&p, a.weights, a.init)?;
     let lower = a.input.to_ascii_lowercase();
     let is_image = [".png", ".jpg", ".jpeg"].iter().any(|e| lower.ends_with(e));
@@ -168,7 +165,7 @@ fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
                     _ => None,
                 }
             }
-            _ => bail!("give both --mean and --std, or neither"),
+            _ => return Err(exit::usage("give both --mean and --std, or neither")),
         };
         let img = io::read_image(Path::new(a.input), shape, norm.as_ref())?;
         (img.into_raw_vec_and_offset().0, 1)
@@ -207,6 +204,7 @@ fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
         }
         (flat, batch)
     };
+    crate::memory::check(model, crate::memory::Mode::Inference { batch })?;
     let mut exec = Executor::new(p.clone(), w, a.threads)?;
     let out = exec.forward(&data, batch)?.to_vec();
     let olen = p.output_len();
@@ -298,6 +296,16 @@ pub fn bench(a: BenchArgs<'_>, color: bool) -> ExitCode {
 }
 
 fn bench_inner(a: &BenchArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
+    use crate::memory::Mode;
+    let mode = if a.train {
+        Mode::Training {
+            batch: a.batch,
+            state: crate::train_cmds::optimizer_state(a.optimizer, 0.0),
+        }
+    } else {
+        Mode::Inference { batch: a.batch }
+    };
+    crate::memory::check(model, mode)?;
     let p = plan(model);
     let flops = 2.0 * model.macs() as f64 * a.batch as f64;
     let input: Vec<f32> = (0..p.input_len() * a.batch)
@@ -477,16 +485,16 @@ fn bench_lanes(
     opt_name: &str,
 ) -> anyhow::Result<()> {
     if t.lane_layers() == 0 {
-        anyhow::bail!(
+        return Err(exit::usage(format!(
             "`{}` has no lane path (it needs a model that starts with a convolution)",
             p.name
-        );
+        )));
     }
     if !t.uses_lanes(a.batch) {
-        anyhow::bail!(
+        return Err(exit::usage(format!(
             "batch {} would leave more than a quarter of its 16-image lane slots idle, so it always takes the image path; use a batch of at least 16, ideally a multiple of 16 (--batch 64)",
             a.batch
-        );
+        )));
     }
     let mut lat = [Vec::new(), Vec::new()];
     let start = Instant::now();

@@ -1,6 +1,7 @@
 //! `cnnc check` and `cnnc summary`.
 
 use crate::MessageFormat;
+use crate::exit;
 use cnn::dsl::{Diagnostic, SourceMap, Syntax, check::check_report, diag::render_all, summary};
 use std::process::ExitCode;
 
@@ -10,11 +11,11 @@ pub fn read_spec(path: &str) -> Result<String, ExitCode> {
         eprintln!(
             "error: cannot tell the format of `{path}`: spec files end in .yaml, .yml or .cnn"
         );
-        return Err(ExitCode::from(2));
+        return Err(ExitCode::from(exit::USAGE_OR_IO));
     }
     std::fs::read_to_string(path).map_err(|e| {
         eprintln!("error: cannot read `{path}`: {e}");
-        ExitCode::from(2)
+        ExitCode::from(exit::USAGE_OR_IO)
     })
 }
 
@@ -60,11 +61,11 @@ pub fn check(files: &[String], format: MessageFormat, color: bool) -> ExitCode {
     }
     emit(&all, &sources, format, color);
     if io_error {
-        ExitCode::from(2)
+        ExitCode::from(exit::USAGE_OR_IO)
     } else if all.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(exit::INVALID)
     }
 }
 
@@ -84,7 +85,7 @@ pub fn summary(
         Ok(m) => m,
         Err(d) => {
             emit(&d, &sources, format, color);
-            return ExitCode::from(1);
+            return ExitCode::from(exit::INVALID);
         }
     };
     let report = check_report(&model);
@@ -110,6 +111,6 @@ pub fn summary(
     } else {
         println!();
         emit(&report.diagnostics, &sources, format, color);
-        ExitCode::from(1)
+        ExitCode::from(exit::INVALID)
     }
 }

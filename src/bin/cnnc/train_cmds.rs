@@ -1,5 +1,8 @@
 //! `cnnc train`, `cnnc eval` and `cnnc compare`.
 
+use crate::exit;
+use crate::flags;
+use crate::outputs;
 use crate::plot::{self, Series};
 use crate::run_cmds::load_model;
 use anyhow::{Context, bail};
@@ -51,23 +54,23 @@ pub struct TrainOpts {
     /// Folder of IDX files (default: the bundled data/mnist).
     #[arg(long)]
     pub data: Option<String>,
-    /// Epochs.
-    #[arg(long, default_value_t = 3)]
+    /// Epochs (at least 1).
+    #[arg(long, default_value_t = 3, value_parser = flags::at_least_one)]
     pub epochs: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 64)]
+    /// Batch size (at least 1; larger than the training set means the whole set).
+    #[arg(long, default_value_t = 64, value_parser = flags::at_least_one)]
     pub batch: usize,
     /// Optimizer.
     #[arg(long, value_enum, default_value_t = OptKind::Adam)]
     pub optimizer: OptKind,
-    /// Learning rate (default 1e-3 for Adam/AdamW, 0.01 for SGD).
-    #[arg(long)]
+    /// Learning rate, above 0 (default 1e-3 for Adam/AdamW, 0.01 for SGD).
+    #[arg(long, value_parser = flags::positive, allow_negative_numbers = true)]
     pub lr: Option<f64>,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    /// SGD momentum, 0 ≤ m < 1.
+    #[arg(long, default_value_t = 0.9, value_parser = flags::momentum, allow_negative_numbers = true)]
     pub momentum: f64,
-    /// Weight decay (default 0; AdamW 0.01).
-    #[arg(long)]
+    /// Weight decay, 0 or more (default 0; AdamW 0.01).
+    #[arg(long, value_parser = flags::non_negative, allow_negative_numbers = true)]
     pub weight_decay: Option<f64>,
     /// SGD Nesterov momentum.
     #[arg(long)]
@@ -75,27 +78,43 @@ pub struct TrainOpts {
     /// Learning-rate schedule.
     #[arg(long, value_enum, default_value_t = Sched::Constant)]
     pub schedule: Sched,
-    /// StepLR: epochs between decays.
-    #[arg(long, default_value_t = 1)]
+    /// StepLR: epochs between decays (at least 1).
+    #[arg(long, default_value_t = 1, value_parser = flags::at_least_one)]
     pub step_size: usize,
-    /// StepLR: decay factor.
-    #[arg(long, default_value_t = 0.5)]
+    /// StepLR: decay factor, above 0.
+    #[arg(long, default_value_t = 0.5, value_parser = flags::positive, allow_negative_numbers = true)]
     pub gamma: f64,
     /// Seed for initialisation, shuffling, the validation split and dropout.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Worker threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads (0 = one per core; at most 4 per core, 256 in all).
+    #[arg(long, default_value_t = 0, value_parser = flags::threads)]
     pub threads: usize,
     /// Training images held out for validation.
     #[arg(long, default_value_t = 5000)]
     pub val: usize,
-    /// Use only the first N training images (quick runs).
-    #[arg(long)]
+    /// Use only the first N training images (quick runs; at least 1).
+    #[arg(long, value_parser = flags::at_least_one)]
     pub limit: Option<usize>,
 }
 
+/// Floats of optimizer state per parameter (for the memory estimate).
+pub fn optimizer_state(kind: OptKind, momentum: f64) -> u32 {
+    match kind {
+        OptKind::Adam | OptKind::Adamw => 2,
+        OptKind::Sgd => u32::from(momentum > 0.0),
+    }
+}
+
 impl TrainOpts {
+    /// The memory mode of training on `data` (the batch is at most the training set).
+    fn memory_mode(&self, data: &Data) -> crate::memory::Mode {
+        crate::memory::Mode::Training {
+            batch: self.batch.min(data.train.len()).max(1),
+            state: optimizer_state(self.optimizer, self.momentum),
+        }
+    }
+
     fn optimizer(&self) -> Box<dyn Optimizer + Send> {
         match self.optimizer {
             OptKind::Adam => Box::new(
@@ -137,21 +156,6 @@ impl TrainOpts {
                 eta_min: 0.0,
             },
         }
-    }
-
-    fn validate(&self) -> anyhow::Result<()> {
-        if self.batch == 0 {
-            bail!("--batch must be at least 1");
-        }
-        if self.epochs == 0 {
-            bail!("--epochs must be at least 1");
-        }
-        if let Some(lr) = self.lr
-            && !(lr.is_finite() && lr > 0.0)
-        {
-            bail!("--lr must be a positive number, got {lr}");
-        }
-        Ok(())
     }
 }
 
@@ -212,14 +216,22 @@ pub fn load_data(opts: &TrainOpts) -> anyhow::Result<Data> {
         _ => train,
     };
     if opts.val >= train.len() {
-        bail!(
+        return Err(exit::usage(format!(
             "--val {} leaves no training images (the training set has {})",
             opts.val,
             train.len()
-        );
+        )));
     }
     let (train, val) = train.split(opts.val, opts.seed)?;
     let normalize = train.pixel_stats();
+    if !(normalize.std > 0.0 && normalize.std.is_finite()) {
+        bail!(
+            "every pixel of the {} training images in `{}` has the value {:.4}: there is nothing to learn, and normalising would divide by zero; check that the files hold the images you mean",
+            train.len(),
+            dir.display(),
+            normalize.mean
+        );
+    }
     Ok(Data {
         train: Arc::new(train),
         val,
@@ -227,6 +239,34 @@ pub fn load_data(opts: &TrainOpts) -> anyhow::Result<Data> {
         normalize,
         dir,
     })
+}
+
+/// Checks, before any step, that the images of `set` (from `dir`) fit `model`: as many values
+/// per image as its input, and no more classes than it has outputs.
+pub fn check_data_fits(model: &CheckedModel, set: &Dataset, dir: &Path) -> anyhow::Result<()> {
+    let [c, h, w] = set.sample_shape();
+    let per_image = c as u64 * h as u64 * w as u64;
+    let input = model.input_shape();
+    let want: u64 = input.iter().product();
+    if per_image != want {
+        bail!(
+            "the images in `{}` are {c}×{h}×{w} ({per_image} values each), but `{}` takes {} ({want} values): use data of that size, or declare `input: [{c}, {h}, {w}]` in the spec",
+            dir.display(),
+            model.name(),
+            cnn::dsl::check::fmt_dims(input)
+        );
+    }
+    let outputs: u64 = model.output_shape().iter().product();
+    if (set.classes() as u64) > outputs {
+        bail!(
+            "the labels in `{}` have {} classes, but `{}` has {outputs} outputs: give its last layer {} outputs",
+            dir.display(),
+            set.classes(),
+            model.name(),
+            set.classes()
+        );
+    }
+    Ok(())
 }
 
 /// Progress and reporting choices of one run.
@@ -242,6 +282,8 @@ pub struct RunResult {
     pub trainer: Trainer,
     pub test: EvalReport,
     pub interrupted: bool,
+    /// Files this run wrote, in the order first written.
+    pub written: Vec<PathBuf>,
 }
 
 fn install_ctrlc() {
@@ -347,6 +389,12 @@ pub fn train_model(
         print_header();
     }
     let mut interrupted = false;
+    let mut written: Vec<PathBuf> = Vec::new();
+    let mut wrote = |p: PathBuf| {
+        if !written.contains(&p) {
+            written.push(p);
+        }
+    };
     for epoch in start_epoch..opts.epochs {
         let lr = schedule.lr_at(opts.base_lr(), epoch);
         trainer.optimizer_mut().set_lr(lr);
@@ -400,6 +448,7 @@ pub fn train_model(
                         ("interrupted", "true".into()),
                     ],
                 )?;
+                wrote(path.clone());
                 eprintln!(
                     "saved {} (weights after {} steps; epoch {} restarts on --resume)",
                     path.display(),
@@ -437,7 +486,9 @@ pub fn train_model(
                     ("history", history_json(&history)),
                 ],
             )?;
+            wrote(dir.join("checkpoint.safetensors"));
             write_csv(&dir.join("metrics.csv"), &history)?;
+            wrote(dir.join("metrics.csv"));
             let series = Series {
                 label: model.name().to_string(),
                 train_loss: history.iter().map(|r| r.train_loss).collect(),
@@ -445,11 +496,12 @@ pub fn train_model(
                 train_acc: history.iter().map(|r| r.train_accuracy).collect(),
                 val_acc: history.iter().map(|r| r.val_accuracy).collect(),
             };
-            plot::plot_curves(
+            let plots = plot::plot_curves(
                 &dir.join("curves"),
                 &format!("{} on {}", model.name(), data.dir.display()),
                 &[series],
             )?;
+            plots.into_iter().for_each(&mut wrote);
         }
     }
     let test = evaluate_dataset(&mut trainer, &data.test, opts.batch, data.normalize)?;
@@ -458,6 +510,7 @@ pub fn train_model(
         trainer,
         test,
         interrupted,
+        written,
     })
 }
 
@@ -478,7 +531,7 @@ fn write_csv(path: &Path, h: &[EpochRecord]) -> anyhow::Result<()> {
             r.images_per_s
         ));
     }
-    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+    outputs::write(path, s.as_bytes())
 }
 
 /// `cnnc train`.
@@ -496,12 +549,9 @@ pub fn train(
         Err(c) => return c,
     };
     match train_inner(&model, opts, out, run_dir, resume, json) {
-        Ok(true) => ExitCode::from(130),
+        Ok(true) => ExitCode::from(exit::INTERRUPTED),
         Ok(false) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => exit::report(&e),
     }
 }
 
@@ -513,15 +563,22 @@ fn train_inner(
     resume: Option<&str>,
     json: bool,
 ) -> anyhow::Result<bool> {
-    opts.validate()?;
     install_ctrlc();
     let dir = PathBuf::from(
         run_dir
             .map(str::to_string)
             .unwrap_or_else(|| format!("runs/{}", model.name())),
     );
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let wpath = out
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("weights.safetensors"));
+    // Every output place is proven writable before the data is loaded or a step is taken.
+    outputs::ensure_writable_dir(&dir)?;
+    outputs::ensure_writable_file(&wpath)?;
+    outputs::clean_stale_temps(&dir);
     let data = load_data(opts)?;
+    check_data_fits(model, &data.train, &data.dir)?;
+    crate::memory::check(model, opts.memory_mode(&data))?;
     if !json {
         // The model is already checked (load_model): show what is being trained.
         println!("{}", cnn::dsl::summary::summary(model, false));
@@ -553,9 +610,6 @@ fn train_inner(
         Some(&dir),
         resume.map(Path::new),
     )?;
-    let wpath = out
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.join("weights.safetensors"));
     let w = r
         .trainer
         .weights()?
@@ -563,18 +617,16 @@ fn train_inner(
         .with_metadata("normalize_std", data.normalize.std.to_string())
         .with_metadata("epochs", r.history.len().to_string());
     weights::save_atomic(&wpath, &w)?;
+    let mut written = vec![wpath.clone()];
+    written.extend(r.written.iter().cloned());
     let peak_mib = r.trainer.memory_bytes() as f64 / (1u64 << 20) as f64;
     if json {
         println!(
             "{}",
-            serde_json::json!({"test_accuracy": r.test.accuracy, "test_loss": r.test.loss, "images": r.test.count, "weights": wpath, "training_memory_mib": peak_mib})
+            serde_json::json!({"test_accuracy": r.test.accuracy, "test_loss": r.test.loss, "images": r.test.count, "weights": wpath, "files": outputs::existing(&written), "training_memory_mib": peak_mib})
         );
     } else {
-        eprintln!(
-            "wrote {} and {}/{{metrics.csv,curves.png,curves.svg,checkpoint.safetensors}}",
-            wpath.display(),
-            dir.display()
-        );
+        eprintln!("wrote {}", outputs::existing(&written).join(", "));
         println!(
             "test accuracy {:.2}% (loss {:.4}) on {} images; training buffers {:.1} MiB, fixed after the first step",
             100.0 * r.test.accuracy,
@@ -585,6 +637,9 @@ fn train_inner(
     }
     Ok(r.interrupted)
 }
+
+/// Images per evaluation batch.
+const EVAL_BATCH: usize = 500;
 
 /// `cnnc eval`.
 #[expect(
@@ -607,10 +662,7 @@ pub fn eval(
     };
     match eval_inner(&model, weights_path, data, split, plot_stem, json, threads) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => exit::report(&e),
     }
 }
 
@@ -623,6 +675,24 @@ fn eval_inner(
     json: bool,
     threads: usize,
 ) -> anyhow::Result<()> {
+    let stem = plot_stem.map(PathBuf::from).unwrap_or_else(|| {
+        let p = Path::new(weights_path);
+        p.with_file_name(format!(
+            "{}_confusion",
+            p.file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default()
+        ))
+    });
+    // The plot is written last; prove its folder writable before evaluating.
+    outputs::ensure_writable_file(&stem)?;
+    crate::memory::check(
+        model,
+        crate::memory::Mode::Training {
+            batch: EVAL_BATCH,
+            state: 0,
+        },
+    )?;
     let plan = cnn::dsl::plan::plan(model);
     let w = weights::load(Path::new(weights_path), &param_specs(&plan))?;
     let meta = |k: &str| w.metadata().get(k).and_then(|v| v.parse::<f32>().ok());
@@ -636,10 +706,15 @@ fn eval_inner(
     let set = match split {
         "test" => test,
         "train" => train,
-        other => bail!("--split must be `test` or `train`, not `{other}`"),
+        other => {
+            return Err(exit::usage(format!(
+                "--split must be `test` or `train`, not `{other}`"
+            )));
+        }
     };
+    check_data_fits(model, &set, &dir)?;
     let mut trainer = Trainer::with_weights(model, &w, Box::new(Sgd::new(0.0)), 0, threads)?;
-    let r = evaluate_dataset(&mut trainer, &set, 500, normalize)?;
+    let r = evaluate_dataset(&mut trainer, &set, EVAL_BATCH, normalize)?;
     let per_class = r.per_class();
     if json {
         println!(
@@ -677,15 +752,6 @@ fn eval_inner(
             println!();
         }
     }
-    let stem = plot_stem.map(PathBuf::from).unwrap_or_else(|| {
-        let p = Path::new(weights_path);
-        p.with_file_name(format!(
-            "{}_confusion",
-            p.file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default()
-        ))
-    });
     let files = plot::plot_confusion(
         &stem,
         &format!(
@@ -728,12 +794,10 @@ pub fn compare(
             Err(c) => return c,
         }
     }
-    match compare_inner(&models, opts, seeds.max(1), out_dir, json) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
+    match compare_inner(&models, opts, seeds, out_dir, json) {
+        Ok(true) => ExitCode::from(exit::INTERRUPTED),
+        Ok(false) => ExitCode::SUCCESS,
+        Err(e) => exit::report(&e),
     }
 }
 
@@ -743,11 +807,19 @@ fn compare_inner(
     seeds: u64,
     out_dir: Option<&str>,
     json: bool,
-) -> anyhow::Result<()> {
-    opts.validate()?;
+) -> anyhow::Result<bool> {
     install_ctrlc();
     let dir = PathBuf::from(out_dir.unwrap_or("runs/compare"));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    outputs::ensure_writable_dir(&dir)?;
+    outputs::clean_stale_temps(&dir);
+    // Every model is checked against the data and the memory limit before the first one
+    // trains, so a model that cannot run never costs the results of those before it.
+    let first = load_data(opts)?;
+    for (_, m) in models {
+        check_data_fits(m, &first.train, &first.dir)?;
+        crate::memory::check(m, opts.memory_mode(&first))?;
+    }
+    drop(first);
     struct Row {
         name: String,
         params: u64,
@@ -789,7 +861,8 @@ fn compare_inner(
             let interrupted = r.interrupted;
             runs.push(r);
             if interrupted {
-                bail!("interrupted");
+                eprintln!("interrupted: no comparison is written");
+                return Ok(true);
             }
         }
         rows.push(Row {
@@ -893,5 +966,5 @@ fn compare_inner(
     if !json {
         println!("\nwrote {} and {}", files[0].display(), files[1].display());
     }
-    Ok(())
+    Ok(false)
 }
