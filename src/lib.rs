@@ -26,6 +26,8 @@ pub mod __private {
     pub use ndarray;
 }
 
+pub mod memory;
+
 /// Models compiled into this crate from `examples/models` by its build script.
 pub mod models {
     include!(concat!(env!("OUT_DIR"), "/seed_cnn.rs"));
