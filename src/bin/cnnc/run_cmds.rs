@@ -1,8 +1,7 @@
 //! `cnnc run`, `cnnc gen`, `cnnc bench` and `cnnc check --weights`.
 
-use crate::MessageFormat;
 use crate::exit;
-use crate::spec_cmds::{emit, read_spec};
+use crate::spec_cmds::{load_model, read_spec};
 use anyhow::{Context, bail};
 use cnn::dsl::plan::{Plan, plan};
 use cnn::dsl::{CheckedModel, SourceMap, codegen};
@@ -12,16 +11,6 @@ use cnn::runtime::weights::{self, Weights};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
-
-/// Compiles a spec file, printing diagnostics; `Err(code)` to exit with.
-pub fn load_model(file: &str, color: bool) -> Result<CheckedModel, ExitCode> {
-    let text = read_spec(file)?;
-    let mut sources = SourceMap::new();
-    cnn::dsl::compile_source(&mut sources, file, &text).map_err(|d| {
-        emit(&d, &sources, MessageFormat::Human, color);
-        ExitCode::from(exit::INVALID)
-    })
-}
 
 /// Weights from `--weights`, `--init`, or none for a parameter-free model.
 pub fn load_weights(p: &Plan, weights: Option<&str>, init: Option<u64>) -> anyhow::Result<Weights> {

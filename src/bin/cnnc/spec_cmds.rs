@@ -114,3 +114,13 @@ pub fn summary(
         ExitCode::from(exit::INVALID)
     }
 }
+
+/// Compiles a spec file, printing diagnostics; `Err(code)` to exit with.
+pub fn load_model(file: &str, color: bool) -> Result<cnn::dsl::CheckedModel, ExitCode> {
+    let text = read_spec(file)?;
+    let mut sources = SourceMap::new();
+    cnn::dsl::compile_source(&mut sources, file, &text).map_err(|d| {
+        emit(&d, &sources, MessageFormat::Human, color);
+        ExitCode::from(exit::INVALID)
+    })
+}

@@ -4,7 +4,7 @@ use crate::exit;
 use crate::flags;
 use crate::outputs;
 use crate::plot::{self, Series};
-use crate::run_cmds::load_model;
+use crate::spec_cmds::load_model;
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use cnn::dsl::CheckedModel;
