@@ -212,15 +212,15 @@ pub struct IdxImages {
 }
 
 /// An opened IDX file: a reader positioned at the start, and what is known about its size.
-struct IdxSource {
-    reader: Box<dyn BufRead>,
+struct IdxSource<'a> {
+    reader: Box<dyn BufRead + 'a>,
     path: PathBuf,
     gzip: bool,
     /// On-disk length for raw files (gzip's decompressed size is only known by reading).
     raw_len: Option<u64>,
 }
 
-impl IdxSource {
+impl<'a> IdxSource<'a> {
     fn open(path: &Path) -> Result<Self> {
         let io_err = |source| DataError::Io {
             path: path.to_owned(),
@@ -228,12 +228,19 @@ impl IdxSource {
         };
         let file = File::open(path).map_err(io_err)?;
         let len = file.metadata().map_err(io_err)?.len();
-        let mut reader = BufReader::new(file);
+        Self::new(BufReader::new(file), len, path)
+    }
+
+    /// A source over `reader`, whose raw (possibly compressed) length is `len`.
+    fn new(mut reader: impl BufRead + 'a, len: u64, path: &Path) -> Result<Self> {
         let gzip = reader
             .fill_buf()
-            .map_err(io_err)?
+            .map_err(|source| DataError::Io {
+                path: path.to_owned(),
+                source,
+            })?
             .starts_with(&[0x1f, 0x8b]);
-        let reader: Box<dyn BufRead> = if gzip {
+        let reader: Box<dyn BufRead + 'a> = if gzip {
             Box::new(BufReader::new(flate2::bufread::GzDecoder::new(reader)))
         } else {
             Box::new(reader)
@@ -386,7 +393,16 @@ fn magic_hint(found: u32, expected: u32) -> String {
 
 /// Reads an IDX3 images file (gzip or raw).
 pub fn read_idx_images(path: &Path) -> Result<IdxImages> {
-    let mut src = IdxSource::open(path)?;
+    idx_images_from(IdxSource::open(path)?, path)
+}
+
+/// Parses the bytes of an IDX3 images file (gzip or raw), as [`read_idx_images`] does a file;
+/// `path` names them in errors.
+pub fn idx_images_from_bytes(bytes: &[u8], path: &Path) -> Result<IdxImages> {
+    idx_images_from(IdxSource::new(bytes, bytes.len() as u64, path)?, path)
+}
+
+fn idx_images_from(mut src: IdxSource<'_>, path: &Path) -> Result<IdxImages> {
     let dims = src.header(IMAGES_MAGIC, "images", 3)?;
     let (count, height, width) = (dims[0], dims[1], dims[2]);
     for (value, dimension) in [(height, "height"), (width, "width")] {
@@ -417,7 +433,16 @@ pub fn read_idx_images(path: &Path) -> Result<IdxImages> {
 
 /// Reads an IDX1 labels file (gzip or raw).
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
-    let mut src = IdxSource::open(path)?;
+    idx_labels_from(IdxSource::open(path)?)
+}
+
+/// Parses the bytes of an IDX1 labels file (gzip or raw), as [`read_idx_labels`] does a file;
+/// `path` names them in errors.
+pub fn idx_labels_from_bytes(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
+    idx_labels_from(IdxSource::new(bytes, bytes.len() as u64, path)?)
+}
+
+fn idx_labels_from(mut src: IdxSource<'_>) -> Result<Vec<u8>> {
     let dims = src.header(LABELS_MAGIC, "labels", 1)?;
     src.body(8, dims[0].into())
 }

@@ -730,7 +730,12 @@ pub fn list(path: &Path) -> Result<Vec<(String, Vec<usize>, String)>> {
         path: path.to_owned(),
         source,
     })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|source| WeightsError::Corrupt {
+    list_bytes(&bytes, path)
+}
+
+/// [`list`] for a safetensors image in memory; `path` names it in errors.
+pub fn list_bytes(bytes: &[u8], path: &Path) -> Result<Vec<(String, Vec<usize>, String)>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|source| WeightsError::Corrupt {
         path: path.to_owned(),
         source,
     })?;
