@@ -9,7 +9,7 @@
 # runs as one nice'd job under libFuzzer's memory limits, so a huge allocation is a crash too.
 # libFuzzer's final lines (`Done N runs in S second(s)`, and the stats) are printed per target;
 # crashes land in <crate>/fuzz/artifacts/<target>/. The committed corpora are replayed on stable
-# by `cargo test` (cnn-runtime/tests/fuzz_corpus.rs for readers).
+# by `cargo test` (cnn-dsl/tests/fuzz_corpus.rs, cnn-runtime/tests/fuzz_corpus.rs).
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   e.g. scripts/fuzz.sh 60 readers
 set -euo pipefail
