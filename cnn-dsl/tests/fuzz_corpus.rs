@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use cnn_dsl::{SourceMap, codegen, compile_source, diag::render_all};
+mod fuzz_common;
 
 #[test]
 fn frontends_corpus_replays_without_panic() {
@@ -11,24 +11,7 @@ fn frontends_corpus_replays_without_panic() {
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).expect("the frontends corpus is committed") {
         let bytes = std::fs::read(entry.expect("a corpus entry").path()).expect("a corpus file");
-        let text = String::from_utf8_lossy(&bytes);
-        for name in ["fuzz.yaml", "fuzz.cnn"] {
-            let mut sources = SourceMap::new();
-            match compile_source(&mut sources, name, &text) {
-                Err(diags) => {
-                    let _ = render_all(&diags, &sources, false);
-                    for d in &diags {
-                        let _ = d.to_json(&sources);
-                    }
-                }
-                Ok(model) => {
-                    let summary = cnn_dsl::summary::summary(&model, true);
-                    let plan = cnn_dsl::plan::plan(&model);
-                    let _ = codegen::tokens_for_plan(&plan, &summary, &codegen::Options::default())
-                        .to_string();
-                }
-            }
-        }
+        fuzz_common::compile_all(&bytes);
         n += 1;
     }
     assert!(n > 0, "empty corpus in {}", dir.display());
