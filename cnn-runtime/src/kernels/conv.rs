@@ -21,9 +21,9 @@
 //! The 16 × 16 tile keeps 16 zmm accumulators; a wider 8 × 32 tile (fewer loads per FMA) was
 //! tried and was no faster at batch 64 and slower at batch 1, where it skips fewer padding
 //! taps. The microkernel is written once over [`crate::simd`] (`Tile`): with AVX2 + FMA the
-//! same tile runs in three passes of 6, 6 and 4 output channels over two ymm halves, and the
-//! portable build in passes of 2 channels over four 4-float vectors. Every instantiation is
-//! tested against the reference.
+//! same tile runs in four passes of 4 output channels over two ymm halves, and the portable
+//! build in passes of 2 channels over four 4-float vectors; on AVX2 and AVX-512 the channel
+//! loop is unrolled by four. Every instantiation is tested against the reference.
 //!
 //! Weights are packed once into `[group][panel][tap][ci][MR]` (zero-padded to `MR` rows), see
 //! [`PackedConv`]. Bias and the activation are applied in the tile's epilogue.
@@ -849,7 +849,7 @@ fn tile(isa: Isa, tin: &TileIn, tout: &TileOut) {
 
 /// One `MR × NR` tile as a [`Kernel`]: the same source for every instruction set. The 16
 /// pixels are `16 / LANES` vectors; the 16 output channels go in passes of as many rows as the
-/// register file holds next to them (16 × 1 zmm on AVX-512; 6, 6 and 4 rows × 2 ymm on AVX2;
+/// register file holds next to them (16 × 1 zmm on AVX-512; 4 rows × 2 ymm per pass on AVX2;
 /// 2 rows × 4 vectors per pass in the portable build).
 ///
 /// Safety contract (checked by [`tile`]'s caller): every lane with its mask bit set (all
