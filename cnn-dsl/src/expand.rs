@@ -118,6 +118,9 @@ pub struct TokenText {
     pieces: Vec<Piece>,
     /// The previous token was a `Spacing::Joint` punctuation (`-` of `->`): no space follows.
     joint: bool,
+    /// The previous token was a `-`: a literal right after it is printed without a space, so
+    /// `-0.2` reads as one number.
+    minus: bool,
 }
 
 impl TokenText {
@@ -140,6 +143,7 @@ impl TokenText {
             span,
         });
         self.joint = false;
+        self.minus = false;
     }
 
     /// Prints the token trees with an explicit stack of open groups: their nesting is the
@@ -175,8 +179,12 @@ impl TokenText {
                 Some(TokenTree::Punct(p)) => {
                     self.push(p.as_char().encode_utf8(&mut [0; 4]), p.span());
                     self.joint = p.spacing() == Spacing::Joint;
+                    self.minus = p.as_char() == '-';
                 }
-                Some(TokenTree::Literal(l)) => self.push(&l.to_string(), l.span()),
+                Some(TokenTree::Literal(l)) => {
+                    self.joint |= self.minus;
+                    self.push(&l.to_string(), l.span());
+                }
             }
         }
     }

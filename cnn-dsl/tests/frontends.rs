@@ -66,3 +66,25 @@ fn seed_plus_conv_checks() {
     assert_eq!(m.output_shape(), &[10]);
     assert!(m.param_count() > 121_514);
 }
+
+#[test]
+fn negative_float_attributes_read_the_same_in_every_front_end() {
+    use cnn_dsl::check::{Activation, Op};
+    let op = |name: &str, text: &str| {
+        let m = compile_source(&mut SourceMap::new(), name, text)
+            .unwrap_or_else(|d| panic!("{name} must check: {d:?}"));
+        m.layers()[0].op.clone()
+    };
+    let want = Op::Activation {
+        act: Activation::LeakyRelu(-0.2),
+        len: 4,
+    };
+    let yaml = "name: M\ninput: [4]\nlayers:\n  - leaky_relu: { negative_slope: -0.2 }\n";
+    assert_eq!(op("m.yaml", yaml), want);
+    let dsl = "model M(input = [4]) { leaky_relu(negative_slope = -0.2) }";
+    assert_eq!(op("m.cnn", dsl), want);
+    // The macro front-end prints its tokens (`-` and `0.2` are two) before parsing.
+    let tokens: proc_macro2::TokenStream = dsl.parse().expect("tokens");
+    let text = cnn_dsl::expand::TokenText::new(tokens).text;
+    assert_eq!(op("m.cnn", &text), want);
+}
