@@ -16,6 +16,7 @@ pub mod __private {
     pub use cnn_runtime::geom::{
         AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom,
     };
+    pub use cnn_runtime::ir;
     pub use cnn_runtime::kernels;
     pub use cnn_runtime::kernels::{Activation as KernelActivation, PackedConv};
     pub use cnn_runtime::lanes;

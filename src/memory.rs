@@ -63,7 +63,7 @@ pub fn human(bytes: u128) -> String {
 
 /// What a command does with the model.
 #[derive(Clone, Copy, Debug)]
-pub enum Mode {
+pub enum Workload {
     /// Forward passes of `batch` images.
     Inference {
         /// Images per pass.
@@ -92,13 +92,13 @@ pub struct Estimate {
     pub bytes: u128,
 }
 
-/// Estimates the memory `model` needs in `mode`.
-pub fn estimate(model: &CheckedModel, mode: Mode) -> Estimate {
+/// Estimates the memory `model` needs for `work`.
+pub fn estimate(model: &CheckedModel, work: Workload) -> Estimate {
     const F: u128 = 4;
-    let (batch, param_copies, training) = match mode {
-        Mode::Inference { batch } => (batch as u128, 1, false),
+    let (batch, param_copies, training) = match work {
+        Workload::Inference { batch } => (batch as u128, 1, false),
         // Weights, gradients and the optimizer's buffers.
-        Mode::Training { batch, state } => (batch as u128, 2 + u128::from(state), true),
+        Workload::Training { batch, state } => (batch as u128, 2 + u128::from(state), true),
     };
     let mut total: u128 = 0;
     let mut largest = (0u128, String::new(), "weights");
@@ -186,14 +186,14 @@ mod tests {
         let m = model(
             "model Huge(input = [1, 28, 28]) { conv2d(out_channels = 4096, kernel_size = 3, padding = 1), flatten, out: linear(out_features = 100000) }",
         );
-        let e = estimate(&m, Mode::Inference { batch: 1 });
+        let e = estimate(&m, Workload::Inference { batch: 1 });
         assert_eq!((e.layer.as_str(), e.what), ("out", "weights"));
         // 4096·28·28 inputs × 100,000 outputs, plus biases, in f32.
         assert_eq!(e.bytes, (4096 * 784 * 100_000 + 100_000) * 4);
         assert!(e.total >= e.bytes);
         let t = estimate(
             &m,
-            Mode::Training {
+            Workload::Training {
                 batch: 64,
                 state: 2,
             },
@@ -212,7 +212,7 @@ mod tests {
         );
         let e = estimate(
             &m,
-            Mode::Training {
+            Workload::Training {
                 batch: 64,
                 state: 2,
             },
@@ -222,7 +222,7 @@ mod tests {
         let seed = model(include_str!("../examples/models/seed.cnn"));
         let s = estimate(
             &seed,
-            Mode::Training {
+            Workload::Training {
                 batch: 64,
                 state: 2,
             },

@@ -491,7 +491,7 @@ fn broken_weights_and_checkpoints_are_named_by_check_and_run() {
     let text = std::fs::read_to_string(root.join("examples/models/seed.yaml")).unwrap();
     let model = cnn::dsl::compile_source(&mut cnn::dsl::SourceMap::new(), "seed.yaml", &text)
         .expect("seed checks");
-    let specs = param_specs(&cnn::dsl::plan::plan(&model));
+    let specs = param_specs(&cnn::dsl::plan::plan(&model, cnn::dsl::plan::Mode::Infer));
     let golden = weights::load(&root.join("tests/golden/seed_weights.safetensors"), &specs)
         .expect("golden weights");
     let dir = std::env::temp_dir().join(format!("cnnc-bad-weights-{}", std::process::id()));

@@ -2,7 +2,10 @@
 //! `cnn_dsl::build::Builder`) compiles, and computes the same logits as the interpreted plan and
 //! the independent numpy reference. `cnnc gen` prints the same code (snapshot).
 
-use cnn::dsl::{SourceMap, codegen, compile_source, plan::plan};
+use cnn::dsl::{
+    SourceMap, codegen, compile_source,
+    plan::{Mode, plan},
+};
 use cnn::models::SeedCnn;
 use cnn::runtime::exec::{Executor, param_specs};
 use cnn::runtime::{io, weights};
@@ -20,7 +23,7 @@ fn specialised_seed_model_matches_plan_and_reference() {
         &std::fs::read_to_string(root().join("examples/models/seed.yaml")).unwrap(),
     )
     .unwrap();
-    let p = plan(&model);
+    let p = plan(&model, Mode::Infer);
     let wpath = root().join("tests/golden/seed_weights.safetensors");
     let w = weights::load(&wpath, &param_specs(&p)).unwrap();
     let x = io::read_npy(&root().join("tests/golden/seed_input.npy")).unwrap();
@@ -77,15 +80,12 @@ fn generated_source_snapshot() {
         &std::fs::read_to_string(root().join("examples/models/seed.yaml")).unwrap(),
     )
     .unwrap();
-    let text = std::fs::read_to_string(root().join("examples/models/seed.yaml")).unwrap();
-    let src = codegen::source_with_spec(
+    let src = codegen::source(
         &model,
         &codegen::Options {
             source_name: "examples/models/seed.yaml".into(),
             ..Default::default()
         },
-        &text,
-        cnn::dsl::Syntax::Yaml,
     )
     .unwrap();
     // The build script generated the very same text.

@@ -1,7 +1,10 @@
 //! The interpreted plan reproduces logits computed independently (numpy, float64) for the seed
 //! model with PyTorch-layout weights. `tests/golden/make_seed_golden.py` made the files.
 
-use cnn::dsl::{SourceMap, compile_source, plan::plan};
+use cnn::dsl::{
+    SourceMap, compile_source,
+    plan::{Mode, plan},
+};
 use cnn::runtime::exec::{Executor, param_specs};
 use cnn::runtime::{io, weights};
 use std::path::Path;
@@ -13,7 +16,7 @@ fn root() -> &'static Path {
 fn seed_plan() -> cnn::dsl::plan::Plan {
     let text = std::fs::read_to_string(root().join("examples/models/seed.yaml")).unwrap();
     let m = compile_source(&mut SourceMap::new(), "seed.yaml", &text).unwrap();
-    plan(&m)
+    plan(&m, Mode::Infer)
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -128,12 +128,16 @@ fn all_paths_describe_the_same_model() {
     assert_eq!(inline::SeedCnn::param_count(), 121_514);
     assert_eq!(dsl::SeedCnn::TENSOR_NAMES, yaml::SeedCnn::TENSOR_NAMES);
     assert_eq!(inline::SeedCnn::OUTPUT_SHAPE, [10]);
-    // Like the build.rs type, the macro types carry their spec (for `trainer()`).
-    let yaml_flags = [
-        yaml::SeedCnn::SPEC_IS_YAML,
-        dsl::SeedCnn::SPEC_IS_YAML,
-        inline::SeedCnn::SPEC_IS_YAML,
-    ];
-    assert_eq!(yaml_flags, [true, false, false]);
-    assert!(inline::SeedCnn::SPEC.contains("in_features = 64 * 7 * 7"));
+    // Like the build.rs type, the macro types carry their training plan (for `trainer()`),
+    // the same whichever front-end declared the model.
+    let built = cnn::models::SeedCnn::train_plan();
+    assert_eq!(built.mode, cnn::runtime::ir::Mode::Train);
+    assert_eq!(yaml::SeedCnn::train_plan(), built);
+    assert_eq!(dsl::SeedCnn::train_plan(), built);
+    assert_eq!(inline::SeedCnn::train_plan(), built);
+    let out = built.steps.last().expect("steps");
+    assert_eq!(
+        (out.path.as_str(), out.in_len, out.out_len),
+        ("out", 64 * 7 * 7, 10)
+    );
 }

@@ -10,7 +10,7 @@
 //! --nocapture`.
 
 use cnn::dsl::{CheckedModel, SourceMap, compile_source};
-use cnn::memory::{Mode, estimate, human};
+use cnn::memory::{Workload, estimate, human};
 use cnn::runtime::exec::Executor;
 use cnn::runtime::optim::Adam;
 use cnn::runtime::train::Trainer;
@@ -133,7 +133,7 @@ fn inference_estimate_covers_what_a_forward_pass_allocates() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for (name, m) in models() {
         for batch in [1, 64] {
-            let plan = cnn::dsl::plan::plan(&m);
+            let plan = cnn::dsl::plan::plan(&m, cnn::dsl::plan::Mode::Infer);
             let input = vec![0.5f32; plan.input_len() * batch];
             let used = peak_of(|| {
                 let mut exec = Executor::with_init(plan.clone(), 0, 1).expect("builds");
@@ -142,7 +142,7 @@ fn inference_estimate_covers_what_a_forward_pass_allocates() {
             within(
                 name,
                 &format!("inference batch {batch}"),
-                estimate(&m, Mode::Inference { batch }).total,
+                estimate(&m, Workload::Inference { batch }).total,
                 used,
             );
         }
@@ -155,7 +155,7 @@ fn training_estimate_covers_what_a_training_step_allocates() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for (name, m) in models() {
         for batch in [1, 64] {
-            let plan = cnn::dsl::plan::plan(&m);
+            let plan = cnn::dsl::plan::plan(&m, cnn::dsl::plan::Mode::Infer);
             let input = vec![0.5f32; plan.input_len() * batch];
             let labels: Vec<usize> = (0..batch).map(|i| i % 10).collect();
             let used = peak_of(|| {
@@ -166,7 +166,7 @@ fn training_estimate_covers_what_a_training_step_allocates() {
             within(
                 name,
                 &format!("training batch {batch}"),
-                estimate(&m, Mode::Training { batch, state: 2 }).total,
+                estimate(&m, Workload::Training { batch, state: 2 }).total,
                 used,
             );
         }

@@ -1,7 +1,10 @@
 //! After the first call, `forward` does no heap allocation (plan interpreter and generated code),
 //! counted with a global allocator that tallies every allocation of this test process.
 
-use cnn::dsl::{SourceMap, compile_source, plan::plan};
+use cnn::dsl::{
+    SourceMap, compile_source,
+    plan::{Mode, plan},
+};
 use cnn::models::SeedCnn;
 use cnn::runtime::exec::Executor;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -41,7 +44,7 @@ fn forward_does_not_allocate_after_the_first_call() {
     let model = compile_source(&mut SourceMap::new(), "seed.yaml", &text).unwrap();
     let input = vec![0.5f32; 32 * 784];
     for threads in [1, 2] {
-        let mut exec = Executor::with_init(plan(&model), 1, threads).unwrap();
+        let mut exec = Executor::with_init(plan(&model, Mode::Infer), 1, threads).unwrap();
         exec.forward(&input, 32).unwrap();
         exec.forward(&input, 32).unwrap();
         assert!(exec.uses_lanes(32));

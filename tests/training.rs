@@ -27,7 +27,7 @@ fn seed() -> CheckedModel {
 #[test]
 fn one_sgd_step_of_the_seed_model_matches_numpy() {
     let m = seed();
-    let p = cnn::dsl::plan::plan(&m);
+    let p = cnn::dsl::plan::plan(&m, cnn::dsl::plan::Mode::Infer);
     let w = weights::load(
         &root().join("tests/golden/seed_weights.safetensors"),
         &param_specs(&p),
@@ -237,4 +237,31 @@ fn the_lane_path_matches_the_image_path() {
             }
         }
     }
+}
+
+#[test]
+fn trainer_and_executor_each_take_only_their_own_plan() {
+    use cnn::dsl::plan::{Loc, Mode, plan};
+    use cnn::runtime::exec::{ExecError, Executor};
+    use cnn::runtime::train::TrainError;
+    let m = seed();
+    let w = cnn::runtime::exec::init_weights(&plan(&m, Mode::Infer), 0).unwrap();
+    // The generated type's embedded plan is the planner's.
+    assert_eq!(cnn::models::SeedCnn::train_plan(), plan(&m, Mode::Train));
+    let opt = || Box::new(Sgd::new(0.1));
+    let err = Trainer::from_plan(plan(&m, Mode::Infer), &w, opt(), 0, 1).unwrap_err();
+    assert!(matches!(err, TrainError::Unsupported { .. }), "{err}");
+    assert!(err.to_string().contains("inference plan"), "{err}");
+    let err = Executor::new(plan(&m, Mode::Train), w.clone(), 1).unwrap_err();
+    assert!(matches!(err, ExecError::Plan { .. }), "{err}");
+    // A hand-edited plan that routes a step wrongly is refused, not run out of bounds.
+    let mut bad = plan(&m, Mode::Train);
+    bad.steps[2].src = Loc::Buf(7);
+    assert!(Trainer::from_plan(bad, &w, opt(), 0, 1).is_err());
+    let mut bad = plan(&m, Mode::Infer);
+    bad.steps[1].dst = Loc::Buf(2);
+    assert!(Executor::new(bad, w.clone(), 1).is_err());
+    let mut bad = plan(&m, Mode::Infer);
+    bad.steps[0].params = vec![99];
+    assert!(Executor::new(bad, w, 1).is_err());
 }

@@ -126,14 +126,10 @@ impl Builder {
                         runtime: runtime.clone(),
                         source_name: name.clone(),
                     };
-                    let syntax = crate::Syntax::from_path(&name).unwrap_or(crate::Syntax::Dsl);
-                    let src =
-                        codegen::source_with_spec(&model, &opts, &text, syntax).map_err(|e| {
-                            BuildError::Codegen {
-                                name: model.name().into(),
-                                message: e.to_string(),
-                            }
-                        })?;
+                    let src = codegen::source(&model, &opts).map_err(|e| BuildError::Codegen {
+                        name: model.name().into(),
+                        message: e.to_string(),
+                    })?;
                     let path = out_dir.join(format!("{}.rs", snake_case(model.name())));
                     write_if_changed(&path, &src)?;
                     written.push(path);

@@ -7,10 +7,10 @@
 //! checks at run time; `forward_array` checks an ndarray's trailing dimensions once.
 //! The same emitter serves `cnnc gen`, the `cnn!` macro and the build.rs [`crate::build`] API.
 
-use crate::check::{Activation, CheckedModel, Op};
+use crate::check::{Activation, CheckedModel, Op, TensorRole};
 use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::ir::PoolKind;
-use crate::plan::{Loc, Plan, plan};
+use crate::plan::{Loc, Mode, Plan, plan};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
@@ -148,17 +148,258 @@ fn act_tokens(rt: &TokenStream, a: Option<Activation>) -> TokenStream {
     match a {
         Some(Activation::Relu) => quote!(#rt::KernelActivation::Relu),
         Some(Activation::LeakyRelu(s)) => {
-            let s = Literal::f32_suffixed(s);
+            let s = f32_tokens(s);
             quote!(#rt::KernelActivation::LeakyRelu(#s))
         }
         _ => quote!(#rt::KernelActivation::Identity),
     }
 }
 
-/// Emits the model as tokens (not formatted).
+/// An `f32` as a constant expression: a literal (Rust prints the shortest string that reads
+/// back to the same value), or its bits when it has no literal (infinite or NaN).
+fn f32_tokens(x: f32) -> TokenStream {
+    if x.is_finite() {
+        let l = Literal::f32_suffixed(x);
+        quote!(#l)
+    } else {
+        let bits = Literal::u32_suffixed(x.to_bits());
+        quote!(f32::from_bits(#bits))
+    }
+}
+
+/// `cnn_ir::checked::Activation` as an expression (names imported by [`plan_tokens`]).
+fn ir_act_tokens(a: Activation) -> TokenStream {
+    match a {
+        Activation::Relu => quote!(Activation::Relu),
+        Activation::LeakyRelu(s) => {
+            let s = f32_tokens(s);
+            quote!(Activation::LeakyRelu(#s))
+        }
+        Activation::Sigmoid => quote!(Activation::Sigmoid),
+        Activation::Tanh => quote!(Activation::Tanh),
+        Activation::Gelu => quote!(Activation::Gelu),
+    }
+}
+
+/// A checked [`Op`] as an expression (names imported by [`plan_tokens`]).
+fn op_tokens(op: &Op) -> TokenStream {
+    let pair = |a: [usize; 2]| {
+        let [x, y] = a.map(lit);
+        quote!([#x, #y])
+    };
+    match *op {
+        Op::Conv2d {
+            in_channels,
+            in_h,
+            in_w,
+            out_channels,
+            out_h,
+            out_w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+        } => {
+            let [ci, ih, iw, co, oh, ow, g] =
+                [in_channels, in_h, in_w, out_channels, out_h, out_w, groups].map(lit);
+            let [k, s, p, d] = [kernel, stride, padding, dilation].map(pair);
+            quote!(Op::Conv2d {
+                in_channels: #ci, in_h: #ih, in_w: #iw, out_channels: #co, out_h: #oh, out_w: #ow,
+                kernel: #k, stride: #s, padding: #p, dilation: #d, groups: #g, bias: #bias,
+            })
+        }
+        Op::Pool2d {
+            kind,
+            channels,
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            count_include_pad,
+        } => {
+            let kind = match kind {
+                PoolKind::Max => quote!(PoolKind::Max),
+                PoolKind::Avg => quote!(PoolKind::Avg),
+            };
+            let [c, ih, iw, oh, ow] = [channels, in_h, in_w, out_h, out_w].map(lit);
+            let [k, s, p, d] = [kernel, stride, padding, dilation].map(pair);
+            quote!(Op::Pool2d {
+                kind: #kind, channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow,
+                kernel: #k, stride: #s, padding: #p, dilation: #d,
+                count_include_pad: #count_include_pad,
+            })
+        }
+        Op::AdaptiveAvgPool2d {
+            channels,
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+        } => {
+            let [c, ih, iw, oh, ow] = [channels, in_h, in_w, out_h, out_w].map(lit);
+            quote!(Op::AdaptiveAvgPool2d {
+                channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow,
+            })
+        }
+        Op::BatchNorm2d {
+            channels,
+            spatial,
+            eps,
+            momentum,
+        } => {
+            let [c, sp] = [channels, spatial].map(lit);
+            let [e, m] = [eps, momentum].map(f32_tokens);
+            quote!(Op::BatchNorm2d { channels: #c, spatial: #sp, eps: #e, momentum: #m })
+        }
+        Op::Activation { act, len } => {
+            let a = ir_act_tokens(act);
+            let n = lit(len);
+            quote!(Op::Activation { act: #a, len: #n })
+        }
+        Op::Dropout { p, len } => {
+            let p = f32_tokens(p);
+            let n = lit(len);
+            quote!(Op::Dropout { p: #p, len: #n })
+        }
+        Op::Flatten { len } => {
+            let n = lit(len);
+            quote!(Op::Flatten { len: #n })
+        }
+        Op::Linear {
+            in_features,
+            out_features,
+            bias,
+        } => {
+            let [i, o] = [in_features, out_features].map(lit);
+            quote!(Op::Linear { in_features: #i, out_features: #o, bias: #bias })
+        }
+        Op::Softmax {
+            log,
+            outer,
+            axis,
+            inner,
+        } => {
+            let [o, a, i] = [outer, axis, inner].map(lit);
+            quote!(Op::Softmax { log: #log, outer: #o, axis: #a, inner: #i })
+        }
+    }
+}
+
+fn loc_tokens(l: Loc) -> TokenStream {
+    match l {
+        Loc::Input => quote!(Loc::Input),
+        Loc::Buf(k) => {
+            let k = Literal::u32_unsuffixed(k);
+            quote!(Loc::Buf(#k))
+        }
+    }
+}
+
+/// A [`Plan`] as a block expression under `ir` (the path of `cnn_ir`): what generated code embeds
+/// instead of its spec, so the runtime can train it without the compiler.
+pub fn plan_tokens(ir: &TokenStream, p: &Plan) -> TokenStream {
+    let name = &p.name;
+    let mode = match p.mode {
+        Mode::Infer => quote!(Mode::Infer),
+        Mode::Train => quote!(Mode::Train),
+    };
+    let dims = |d: &[usize]| {
+        let d = d.iter().map(|x| lit(*x));
+        quote!(::std::vec::Vec::from([#(#d),*]))
+    };
+    let (input_shape, output_shape) = (dims(&p.input_shape), dims(&p.output_shape));
+    let tensors = p.tensors.iter().map(|t| {
+        let name = &t.name;
+        let shape = dims(&t.shape);
+        let role = match t.role {
+            TensorRole::Weight => quote!(Weight),
+            TensorRole::Bias => quote!(Bias),
+            TensorRole::RunningMean => quote!(RunningMean),
+            TensorRole::RunningVar => quote!(RunningVar),
+            TensorRole::NumBatchesTracked => quote!(NumBatchesTracked),
+        };
+        let fan_in = lit(t.fan_in);
+        quote!(ParamTensor {
+            name: ::std::string::String::from(#name), shape: #shape,
+            role: TensorRole::#role, fan_in: #fan_in,
+        })
+    });
+    let steps = p.steps.iter().map(|s| {
+        let path = &s.path;
+        let op = op_tokens(&s.op);
+        let fused = match s.fused {
+            Some(a) => {
+                let a = ir_act_tokens(a);
+                quote!(::std::option::Option::Some(#a))
+            }
+            None => quote!(::std::option::Option::None),
+        };
+        let (src, dst) = (loc_tokens(s.src), loc_tokens(s.dst));
+        let params = dims(&s.params);
+        let macs = Literal::u64_unsuffixed(s.macs);
+        let (in_len, out_len) = (lit(s.in_len), lit(s.out_len));
+        quote!(Step {
+            path: ::std::string::String::from(#path), op: #op, fused: #fused, src: #src,
+            dst: #dst, params: #params, macs: #macs, in_len: #in_len, out_len: #out_len,
+        })
+    });
+    let buffer_len = lit(p.buffer_len);
+    let output = loc_tokens(p.output);
+    quote!({
+        #[allow(unused_imports)]
+        use #ir::{checked::{Activation, Op, ParamTensor, TensorRole}, ir::PoolKind, plan::{Loc, Mode, Plan, Step}};
+        Plan {
+        name: ::std::string::String::from(#name),
+        mode: #mode,
+        input_shape: #input_shape,
+        output_shape: #output_shape,
+        tensors: ::std::vec::Vec::from([#(#tensors),*]),
+        steps: ::std::vec::Vec::from([#(#steps),*]),
+        buffer_len: #buffer_len,
+        output: #output,
+    }})
+}
+
+/// Emits the model as tokens (not formatted): the specialised forward pass of its inference
+/// plan, and its training plan as data with a `trainer()` that follows it.
 pub fn tokens(model: &CheckedModel, opts: &Options) -> TokenStream {
-    let p = plan(model);
-    tokens_for_plan(&p, &crate::summary::summary(model, false), opts)
+    let rt = &opts.runtime;
+    let name = Ident::new(model.name(), Span::call_site());
+    let base = tokens_for_plan(
+        &plan(model, Mode::Infer),
+        &crate::summary::summary(model, false),
+        opts,
+    );
+    let ir = quote!(#rt::ir);
+    let train_plan = plan_tokens(&ir, &plan(model, Mode::Train));
+    quote! {
+        #base
+
+        impl #name {
+            /// The training plan (`cnn_ir::plan::plan(model, Mode::Train)`), as the compiler
+            /// made it: one step per layer, with every size resolved.
+            pub fn train_plan() -> #ir::plan::Plan #train_plan
+
+            /// A trainer (forward, backward, optimizer) starting from this model's weights.
+            /// After training, [`Self::load_trained`] copies the weights back.
+            pub fn trainer(&self, optimizer: ::std::boxed::Box<dyn #rt::Optimizer + Send>, seed: u64, threads: usize) -> ::std::result::Result<#rt::Trainer, #rt::Error> {
+                #rt::trainer_for(Self::train_plan(), &self.weights()?, optimizer, seed, threads)
+            }
+
+            /// Replaces this model's weights with a trainer's.
+            pub fn load_trained(&mut self, trainer: &#rt::Trainer) -> ::std::result::Result<(), #rt::Error> {
+                let w = trainer.weights()?;
+                *self = Self::from_weights(&w)?;
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Emits a plan as tokens; `summary` becomes `SUMMARY`.
@@ -659,43 +900,6 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
     }
 }
 
-/// Emits the model plus, from the spec text it was checked from, `SPEC` and a `trainer()`
-/// method, so the generated type can be trained with the runtime's kernels.
-pub fn tokens_with_spec(
-    model: &CheckedModel,
-    opts: &Options,
-    spec: &str,
-    syntax: crate::Syntax,
-) -> TokenStream {
-    let rt = &opts.runtime;
-    let name = Ident::new(model.name(), Span::call_site());
-    let yaml = syntax == crate::Syntax::Yaml;
-    let base = tokens(model, opts);
-    quote! {
-        #base
-
-        impl #name {
-            /// The spec this type was generated from (re-checked when training).
-            pub const SPEC: &'static str = #spec;
-            /// Whether [`Self::SPEC`] is YAML (else the `.cnn` DSL).
-            pub const SPEC_IS_YAML: bool = #yaml;
-
-            /// A trainer (forward, backward, optimizer) starting from this model's weights.
-            /// After training, [`Self::load_trained`] copies the weights back.
-            pub fn trainer(&self, optimizer: ::std::boxed::Box<dyn #rt::Optimizer + Send>, seed: u64, threads: usize) -> ::std::result::Result<#rt::Trainer, #rt::Error> {
-                #rt::trainer_for(Self::SPEC, Self::SPEC_IS_YAML, &self.weights()?, optimizer, seed, threads)
-            }
-
-            /// Replaces this model's weights with a trainer's.
-            pub fn load_trained(&mut self, trainer: &#rt::Trainer) -> ::std::result::Result<(), #rt::Error> {
-                let w = trainer.weights()?;
-                *self = Self::from_weights(&w)?;
-                Ok(())
-            }
-        }
-    }
-}
-
 /// Formatted source with a header, from tokens.
 pub fn format(ts: TokenStream, source_name: &str) -> Result<String, syn::Error> {
     let file: syn::File = syn::parse2(ts)?;
@@ -707,29 +911,9 @@ pub fn format(ts: TokenStream, source_name: &str) -> Result<String, syn::Error> 
     ))
 }
 
-/// [`source`] with the spec embedded (see [`tokens_with_spec`]).
-pub fn source_with_spec(
-    model: &CheckedModel,
-    opts: &Options,
-    spec: &str,
-    syntax: crate::Syntax,
-) -> Result<String, syn::Error> {
-    format(
-        tokens_with_spec(model, opts, spec, syntax),
-        &opts.source_name,
-    )
-}
-
 /// Emits formatted source with a `// @generated` header.
 pub fn source(model: &CheckedModel, opts: &Options) -> Result<String, syn::Error> {
-    let ts = tokens(model, opts);
-    let file: syn::File = syn::parse2(ts)?;
-    let body = prettyplease::unparse(&file);
-    Ok(format!(
-        "// @generated by cnn-dsl {} from `{}`: do not edit; change the spec and regenerate.\n\n{body}",
-        env!("CARGO_PKG_VERSION"),
-        opts.source_name
-    ))
+    format(tokens(model, opts), &opts.source_name)
 }
 
 #[cfg(test)]

@@ -248,12 +248,7 @@ fn expand_inline(input: TokenStream) -> Expansion {
             let span = tt
                 .covering(name_span.lo as usize, name_span.hi as usize)
                 .map_or(Span::call_site(), |s| s.0);
-            let spec = SpecText {
-                name: INLINE_NAME,
-                text: &tt.text,
-                syntax: Syntax::Dsl,
-            };
-            generate(&model, spec, name, span)
+            generate(&model, INLINE_NAME, name, span)
         }
         Err((name, diags)) => {
             let errors = diags.iter().map(|d| to_error(d, &sources));
@@ -337,22 +332,10 @@ fn message(d: &Diagnostic, sources: &SourceMap, with_snippet: bool) -> String {
     m
 }
 
-/// The spec a model was checked from: its name in messages, its text and language.
-struct SpecText<'a> {
-    name: &'a str,
-    text: &'a str,
-    syntax: Syntax,
-}
-
-/// Emits the model (with its spec embedded, so the type has `SPEC` and `trainer()` like the
+/// Emits the model (with its training plan embedded, so the type has `trainer()` like the
 /// build.rs path), with `#[allow(dead_code)]` on every item (a binary need not use every
-/// method of a generated model).
-fn generate(
-    model: &CheckedModel,
-    spec: SpecText<'_>,
-    name: Option<Ident>,
-    span: Span,
-) -> Expansion {
+/// method of a generated model). `source_name` is where the spec came from.
+fn generate(model: &CheckedModel, source_name: &str, name: Option<Ident>, span: Span) -> Expansion {
     let Some(name) = name else {
         let e = syn::Error::new(
             span,
@@ -365,10 +348,10 @@ fn generate(
     };
     let opts = codegen::Options {
         runtime: quote!(::cnn::__private),
-        source_name: spec.name.to_string(),
+        source_name: source_name.to_string(),
     };
     let emitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        codegen::tokens_with_spec(model, &opts, spec.text, spec.syntax)
+        codegen::tokens(model, &opts)
     }));
     let code = emitted
         .map_err(|_| "the code generator panicked".to_string())
@@ -496,12 +479,7 @@ fn expand_include(tokens: &[TokenTree], base: &Path) -> Expansion {
     let mut out = match front_end(&mut sources, &display, &text, syntax) {
         Ok((model, _)) => {
             let name = rust_ident(model.name());
-            let spec = SpecText {
-                name: &display,
-                text: &text,
-                syntax,
-            };
-            generate(&model, spec, name, lit.span())
+            generate(&model, &display, name, lit.span())
         }
         Err((name, diags)) => {
             let errors = diags.iter().map(|d| at(message(d, &sources, true)));
@@ -570,8 +548,10 @@ mod tests {
         assert!(code.contains("pub struct SeedCnn"));
         assert!(code.contains("allow (dead_code)"));
         assert!(code.contains("pub fn forward"));
-        // The spec travels with the type (for `trainer()`), and parses again.
-        assert!(code.contains("SPEC_IS_YAML"));
+        // The training plan travels with the type (for `trainer()`), and the spec's text
+        // still parses on its own.
+        assert!(code.contains("pub fn train_plan"));
+        assert!(code.contains("Mode :: Train"));
         let text = TokenText::new(ts(SEED)).text;
         assert!(crate::compile_source(&mut SourceMap::new(), "x.cnn", &text).is_ok());
     }

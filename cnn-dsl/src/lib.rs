@@ -20,15 +20,14 @@ pub mod codegen;
 pub mod diag;
 pub mod dsl;
 pub mod expand;
-pub mod geom;
-pub mod ir;
 pub mod limits;
 pub mod lower;
-pub mod plan;
 pub mod span;
 pub mod spec;
 pub mod summary;
 pub mod yaml;
+
+pub use cnn_ir::{geom, ir, plan};
 
 pub use check::{CheckedModel, check};
 pub use diag::Diagnostic;

@@ -188,7 +188,7 @@ pub fn table(
 pub fn summary(model: &CheckedModel, explain: bool) -> String {
     let mut out = table(model.model(), model.layers(), None, explain);
     // The inference plan's buffers: what `cnnc run` and the generated code really allocate.
-    let plan = crate::plan::plan(model);
+    let plan = crate::plan::plan(model, crate::plan::Mode::Infer);
     let per_buf = plan.buffer_len.max(plan.output_len()) as u64;
     let line = format!(
         "Inference plan: {} kernel calls, 2 ping-pong buffers × {} floats = {} per image (peak activation memory)\n",

@@ -1,5 +1,5 @@
 //! The plan interpreter: runs any checked model (sizes known at run time) on the CPU kernels,
-//! following the two-buffer plan from `cnn_dsl::plan`. After the first call at a given batch
+//! following the two-buffer plan from `cnn_ir::plan`. After the first call at a given batch
 //! size it does no heap allocation.
 //!
 //! Batches that fill slots of 16 images run the plan's leading convolution, max-pool and
@@ -15,9 +15,9 @@ use crate::init::{Rng, default_weights};
 use crate::kernels::{self, Activation as KAct, BatchNormParams, PackedConv};
 use crate::lanes::{self, LANES};
 use crate::weights::{ParamKind, ParamSpec, Weights};
-use cnn_dsl::check::{Activation, Op, TensorRole};
-use cnn_dsl::ir::PoolKind;
-use cnn_dsl::plan::{Loc, Plan, Step};
+use cnn_ir::checked::{Activation, Op, TensorRole};
+use cnn_ir::ir::PoolKind;
+use cnn_ir::plan::{Loc, Mode, Plan, Step};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 /// Errors from building or running an executor.
@@ -65,6 +65,45 @@ pub enum ExecError {
         /// The OS's reason.
         message: String,
     },
+    /// The plan is not an inference plan the executor can run.
+    #[error("plan of `{model}` cannot run for inference: {reason}")]
+    Plan {
+        /// Model name.
+        model: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Checks that `plan` is an inference plan over the two ping-pong buffers, whose steps name
+/// only tensors it has.
+fn check_infer_plan(plan: &Plan) -> Result<(), ExecError> {
+    let bad = |reason: String| ExecError::Plan {
+        model: plan.name.clone(),
+        reason,
+    };
+    if plan.mode != Mode::Infer {
+        return Err(bad("it is a training plan".into()));
+    }
+    let ok = |l: Loc| matches!(l, Loc::Input | Loc::Buf(0 | 1));
+    for step in &plan.steps {
+        if !ok(step.src) || !matches!(step.dst, Loc::Buf(0 | 1)) {
+            return Err(bad(format!(
+                "step `{}` reads {:?} and writes {:?}",
+                step.path, step.src, step.dst
+            )));
+        }
+        if step.params.iter().any(|&t| t >= plan.tensors.len()) {
+            return Err(bad(format!(
+                "step `{}` names a tensor the plan does not have",
+                step.path
+            )));
+        }
+    }
+    if !ok(plan.output) {
+        return Err(bad(format!("its output is {:?}", plan.output)));
+    }
+    Ok(())
 }
 
 fn fmt_shape(s: &[usize]) -> String {
@@ -141,6 +180,7 @@ impl Executor {
     /// Prepares the kernels (packs convolution weights) and a pool of `threads` workers
     /// (0 = one per core).
     pub fn new(plan: Plan, weights: Weights, threads: usize) -> Result<Self, ExecError> {
+        check_infer_plan(&plan)?;
         for t in &plan.tensors {
             match weights.get(&t.name) {
                 None => {

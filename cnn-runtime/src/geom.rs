@@ -1,8 +1,8 @@
-//! Resolved layer geometries, defined in [`cnn_dsl::geom`] next to the checker that computes
+//! Resolved layer geometries, defined in [`cnn_ir::geom`] next to the checker that computes
 //! them and re-exported here for kernel callers, and the index helpers every kernel family
 //! (plain, lane, gradient) uses to walk them.
 
-pub use cnn_dsl::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
+pub use cnn_ir::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 
 /// Output positions `o < out` whose source coordinate `o·stride + off − pad` lies in `0..len`,
 /// as a half-open range (empty ranges come back as `(hi, hi)`).

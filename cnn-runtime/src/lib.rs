@@ -6,6 +6,8 @@
 //! the current rayon pool, so callers choose the thread count with `ThreadPool::install`.
 #![warn(missing_docs)]
 
+pub use cnn_ir as ir;
+
 pub mod buf;
 pub mod data;
 pub mod error;

@@ -84,21 +84,17 @@ pub fn array_from(shape: Vec<usize>, data: Vec<f32>) -> Result<ArrayD<f32>, Erro
     })
 }
 
-/// A trainer for a generated model: re-checks its embedded spec and starts from `weights`.
+/// A trainer for a generated model: follows its embedded training plan and starts from
+/// `weights`.
 pub fn trainer_for(
-    spec: &str,
-    yaml: bool,
+    plan: cnn_ir::Plan,
     weights: &Weights,
     optimizer: Box<dyn crate::optim::Optimizer + Send>,
     seed: u64,
     threads: usize,
 ) -> Result<crate::train::Trainer, Error> {
-    let name = if yaml { "spec.yaml" } else { "spec.cnn" };
-    let mut sources = cnn_dsl::SourceMap::new();
-    let model = cnn_dsl::compile_source(&mut sources, name, spec)
-        .map_err(|d| Error::Spec(cnn_dsl::diag::render_all(&d, &sources, false)))?;
-    Ok(crate::train::Trainer::with_weights(
-        &model, weights, optimizer, seed, threads,
+    Ok(crate::train::Trainer::from_plan(
+        plan, weights, optimizer, seed, threads,
     )?)
 }
 

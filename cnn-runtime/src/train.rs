@@ -28,10 +28,10 @@ use crate::kernels::{self, Activation as KAct, BatchNormParams};
 use crate::lanes::{self, LANES};
 use crate::optim::Optimizer;
 use crate::weights::Weights;
-use cnn_dsl::CheckedModel;
-use cnn_dsl::check::{Activation, Op, TensorRole};
-use cnn_dsl::ir::PoolKind;
-use cnn_dsl::plan::Plan;
+use cnn_ir::CheckedModel;
+use cnn_ir::checked::{Activation, Op, TensorRole};
+use cnn_ir::ir::PoolKind;
+use cnn_ir::plan::{Loc, Mode, Plan, Step, plan};
 
 /// Errors from building or running a trainer.
 #[derive(Debug, thiserror::Error)]
@@ -97,15 +97,6 @@ pub enum LossKind {
     ProbNll,
 }
 
-struct TOp {
-    op: Op,
-    fused: Option<Activation>,
-    /// Indices into the tensor list: conv/linear weight, bias; batchnorm weight, bias, mean, var.
-    params: Vec<usize>,
-    in_len: usize,
-    out_len: usize,
-}
-
 /// Results of one step or an evaluation pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepStats {
@@ -120,8 +111,9 @@ pub struct StepStats {
 /// Trains a checked model.
 pub struct Trainer {
     name: String,
+    /// The training plan ([`Mode::Train`]): one step per layer, convolutions with their fused
+    /// activation, each step's output kept for the backward pass.
     plan: Plan,
-    ops: Vec<TOp>,
     loss: LossKind,
     classes: usize,
     /// Parameters and buffers, `state_dict` order.
@@ -169,9 +161,9 @@ impl Trainer {
         seed: u64,
         threads: usize,
     ) -> Result<Self, TrainError> {
-        let plan = cnn_dsl::plan::plan(model);
+        let plan = plan(model, Mode::Train);
         let w = init_weights(&plan, seed)?;
-        Self::with_weights(model, &w, optimizer, seed, threads)
+        Self::from_plan(plan, &w, optimizer, seed, threads)
     }
 
     /// A trainer starting from `weights` (checked against the model's `state_dict`).
@@ -182,7 +174,28 @@ impl Trainer {
         seed: u64,
         threads: usize,
     ) -> Result<Self, TrainError> {
-        let plan = cnn_dsl::plan::plan(model);
+        Self::from_plan(plan(model, Mode::Train), weights, optimizer, seed, threads)
+    }
+
+    /// A trainer following a training plan (`cnn_ir::plan::plan(model, Mode::Train)`, or the
+    /// one a generated model embeds), starting from `weights`.
+    pub fn from_plan(
+        plan: Plan,
+        weights: &Weights,
+        optimizer: Box<dyn Optimizer + Send>,
+        seed: u64,
+        threads: usize,
+    ) -> Result<Self, TrainError> {
+        let unsupported = |reason: String| TrainError::Unsupported {
+            model: plan.name.clone(),
+            reason,
+        };
+        if plan.mode != Mode::Train {
+            return Err(unsupported(
+                "its plan is an inference plan, not a training plan".into(),
+            ));
+        }
+        check_train_locs(&plan).map_err(unsupported)?;
         let specs = param_specs(&plan);
         let mut tensors = Vec::with_capacity(specs.len());
         for s in &specs {
@@ -204,57 +217,30 @@ impl Trainer {
                 }
             }
         }
-        let unsupported = |reason: String| TrainError::Unsupported {
-            model: model.name().to_string(),
-            reason,
-        };
-        let index_of = |name: &str| plan.tensors.iter().position(|t| t.name == name);
-        let layers = model.layers();
-        let mut ops: Vec<TOp> = Vec::new();
-        let mut i = 0;
-        while i < layers.len() {
-            let l = &layers[i];
-            let params: Vec<usize> = l.tensors.iter().filter_map(|t| index_of(&t.name)).collect();
-            let in_len = l.input.iter().product::<u64>() as usize;
-            let out_len = l.output.iter().product::<u64>() as usize;
-            let mut fused = None;
-            if let (Op::Conv2d { .. }, Some(next)) = (&l.op, layers.get(i + 1)) {
-                match next.op {
-                    Op::Activation {
-                        act: Activation::Relu,
-                        ..
-                    } => fused = Some(Activation::Relu),
-                    Op::Activation {
-                        act: Activation::LeakyRelu(s),
-                        ..
-                    } if s > 0.0 => fused = Some(Activation::LeakyRelu(s)),
-                    _ => {}
-                }
+        let steps = &plan.steps;
+        for (k, step) in steps.iter().enumerate() {
+            if step.params.iter().any(|&t| t >= plan.tensors.len()) {
+                return Err(unsupported(format!(
+                    "step `{}` names a tensor the plan does not have",
+                    step.path
+                )));
             }
-            if let Op::Softmax { inner, .. } = l.op {
+            if let Op::Softmax { inner, .. } = step.op {
                 if inner != 1 {
                     return Err(unsupported(format!(
                         "`{}` takes a softmax over a spatial tensor; training supports it over the features only",
-                        l.layer.path
+                        step.path
                     )));
                 }
-                if i + 1 != layers.len() {
+                if k + 1 != steps.len() {
                     return Err(unsupported(format!(
                         "`{}` (softmax) must be the last layer for training",
-                        l.layer.path
+                        step.path
                     )));
                 }
             }
-            ops.push(TOp {
-                op: l.op.clone(),
-                fused,
-                params,
-                in_len,
-                out_len,
-            });
-            i += if fused.is_some() { 2 } else { 1 };
         }
-        let loss = match layers.last().map(|l| &l.op) {
+        let loss = match steps.last().map(|l| &l.op) {
             Some(Op::Softmax { log: true, .. }) => LossKind::Nll,
             Some(Op::Softmax { log: false, .. }) => LossKind::ProbNll,
             _ => LossKind::CrossEntropy,
@@ -266,7 +252,7 @@ impl Trainer {
                 plan.output_shape
             )));
         }
-        if ops.is_empty() {
+        if steps.is_empty() {
             return Err(unsupported("the model has no layers".into()));
         }
         let trainable: Vec<usize> = plan
@@ -296,12 +282,11 @@ impl Trainer {
                     message: e.to_string(),
                 })?,
         );
-        let n = ops.len();
-        let lane_end = lane_prefix(&ops);
+        let n = steps.len();
+        let lane_end = lane_prefix(steps);
         Ok(Trainer {
-            name: model.name().to_string(),
+            name: plan.name.clone(),
             plan,
-            ops,
             loss,
             classes,
             tensors,
@@ -412,14 +397,17 @@ impl Trainer {
         if self.lane_end > 0 {
             self.in_lanes
                 .try_grow(self.plan.input_len().saturating_mul(lb))?;
-            self.last_lanes
-                .try_grow(self.ops[self.lane_end - 1].out_len.saturating_mul(lb))?;
+            self.last_lanes.try_grow(
+                self.plan.steps[self.lane_end - 1]
+                    .out_len
+                    .saturating_mul(lb),
+            )?;
         }
         let mut dmax = self.plan.input_len();
         let mut scratch = 0;
-        for (k, op) in self.ops.iter().enumerate() {
+        for (k, op) in self.plan.steps.iter().enumerate() {
             let nb = if k < self.lane_end { lb } else { batch };
-            if !elided(&self.ops, k) {
+            if !elided(&self.plan.steps, k) {
                 self.outs[k].try_grow(op.out_len.saturating_mul(nb))?;
             }
             dmax = dmax.max(op.out_len).max(op.in_len);
@@ -563,7 +551,7 @@ impl Trainer {
         let pool = std::sync::Arc::clone(&self.pool);
         pool.install(|| self.forward(batch, false));
         let stats = self.loss_and_grad(batch, labels);
-        let last = self.ops.len() - 1;
+        let last = self.plan.steps.len() - 1;
         Ok((stats, &self.outs[last][..self.classes * batch]))
     }
 
@@ -591,7 +579,7 @@ impl Trainer {
     fn forward(&mut self, batch: usize, train: bool) {
         let use_lanes = self.uses_lanes(batch);
         let Trainer {
-            ops,
+            plan,
             tensors,
             input,
             outs,
@@ -606,6 +594,7 @@ impl Trainer {
             last_lanes,
             ..
         } = self;
+        let ops = &plan.steps;
         let lane_end = if use_lanes { *lane_end } else { 0 };
         let slots = lanes::lane_slots(batch);
         let lb = slots * LANES;
@@ -757,7 +746,7 @@ impl Trainer {
     /// Loss and its gradient (into `dbuf[0]`) from the last output.
     fn loss_and_grad(&mut self, batch: usize, labels: &[usize]) -> StepStats {
         let c = self.classes;
-        let last = self.ops.len() - 1;
+        let last = self.plan.steps.len() - 1;
         let out = &self.outs[last][..c * batch];
         let d = &mut self.dbuf[0][..c * batch];
         let loss = match self.loss {
@@ -795,7 +784,7 @@ impl Trainer {
     fn backward(&mut self, batch: usize) {
         let use_lanes = self.uses_lanes(batch);
         let Trainer {
-            ops,
+            plan,
             tensors,
             grads,
             input,
@@ -811,6 +800,7 @@ impl Trainer {
             last_lanes,
             ..
         } = self;
+        let ops = &plan.steps;
         let lane_end = if use_lanes { *lane_end } else { 0 };
         let slots = lanes::lane_slots(batch);
         let lb = slots * LANES;
@@ -1036,7 +1026,7 @@ fn fused_backward(
 /// How many leading ops can run on lane tensors ([`crate::lanes`]): convolutions the lane
 /// kernels handle (the first one needs no input gradient; later ones need theirs as a lane
 /// convolution), max pools and element-wise activations. 0 without a convolution among them.
-fn lane_prefix(ops: &[TOp]) -> usize {
+fn lane_prefix(ops: &[Step]) -> usize {
     let mut end = 0;
     let mut convs = 0;
     for (k, op) in ops.iter().enumerate() {
@@ -1060,17 +1050,39 @@ fn lane_prefix(ops: &[TOp]) -> usize {
     if convs == 0 { 0 } else { end }
 }
 
-/// Whether op `k` is a flatten that is not materialised: flattening contiguous NCHW data is the
-/// identity, so the next op reads the flatten's input buffer and the backward passes the
-/// gradient through. The last op is always materialised (it is the model's output).
-fn elided(ops: &[TOp], k: usize) -> bool {
-    matches!(ops[k].op, Op::Flatten { .. }) && k + 1 < ops.len()
+/// Whether op `k` writes nothing: a flatten that is not the last op. Flattening contiguous NCHW
+/// data is the identity, so the plan routes the next op to the flatten's input buffer and the
+/// backward passes the gradient through.
+fn elided(ops: &[Step], k: usize) -> bool {
+    ops[k].src == ops[k].dst
 }
 
-/// The buffer holding op `k`'s input: the output of the nearest earlier op that is not
-/// [`elided`], or `None` for the network input.
-fn src_buf(ops: &[TOp], k: usize) -> Option<usize> {
-    (0..k).rev().find(|&j| !elided(ops, j))
+/// The buffer holding op `k`'s input, as the plan routes it: `None` for the network input.
+fn src_buf(ops: &[Step], k: usize) -> Option<usize> {
+    match ops[k].src {
+        Loc::Input => None,
+        Loc::Buf(j) => Some(j as usize),
+    }
+}
+
+/// Checks that a training plan has the routing the trainer relies on: a chain where step `k`
+/// reads what the step before it left, and writes buffer `k` — or writes nothing (a flatten
+/// before the last step).
+fn check_train_locs(plan: &Plan) -> Result<(), String> {
+    let mut cur = Loc::Input;
+    let n = plan.steps.len();
+    for (k, step) in plan.steps.iter().enumerate() {
+        let own = u32::try_from(k).ok().map(Loc::Buf);
+        let passes = matches!(step.op, Op::Flatten { .. }) && k + 1 < n && step.dst == step.src;
+        if step.src != cur || !(passes || Some(step.dst) == own) {
+            return Err(format!(
+                "step `{}` reads {:?} and writes {:?}, which the trainer cannot route",
+                step.path, step.src, step.dst
+            ));
+        }
+        cur = step.dst;
+    }
+    Ok(())
 }
 
 /// Two distinct mutable gradient slices (`b` may be absent).

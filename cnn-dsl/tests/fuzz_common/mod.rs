@@ -18,7 +18,7 @@ pub fn compile_all(data: &[u8]) {
             }
             Ok(model) => {
                 let summary = cnn_dsl::summary::summary(&model, true);
-                let plan = cnn_dsl::plan::plan(&model);
+                let plan = cnn_dsl::plan::plan(&model, cnn_dsl::plan::Mode::Infer);
                 let _ = codegen::tokens_for_plan(&plan, &summary, &codegen::Options::default())
                     .to_string();
             }

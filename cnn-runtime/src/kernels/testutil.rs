@@ -37,14 +37,14 @@ pub(crate) fn assert_close(got: &[f32], want: &[f32], k: usize, what: &str) {
 /// computed); shared by the forward and backward pooling tests.
 pub(crate) fn pool_out_size(i: usize, k: usize, s: usize, p: usize, d: usize, ceil: bool) -> usize {
     let u = |x: usize| x as u64;
-    cnn_dsl::check::rules::pool_out(
+    cnn_ir::rules::pool_out(
         u(i),
         u(p),
         u(k),
         u(s),
         u(d),
         ceil,
-        cnn_dsl::ir::PoolKind::Max,
+        cnn_ir::ir::PoolKind::Max,
         "height",
     )
     .map(|o| o as usize)

@@ -3,7 +3,7 @@
 
 use cnn::dsl::CheckedModel;
 use cnn::memory::available;
-pub use cnn::memory::{Mode, estimate, human, parse_size};
+pub use cnn::memory::{Workload, estimate, human, parse_size};
 use std::sync::OnceLock;
 
 /// The `--max-memory` given on the command line, if any.
@@ -25,22 +25,22 @@ fn limit() -> Option<(u64, bool)> {
         .or_else(|| available().map(|b| (b, false)))
 }
 
-/// Refuses (exit 1) when `model` in `mode` would need more than the limit; a no-op when no
+/// Refuses (exit 1) when `model` for `work` would need more than the limit; a no-op when no
 /// limit is known.
-pub fn check(model: &CheckedModel, mode: Mode) -> anyhow::Result<()> {
+pub fn check(model: &CheckedModel, work: Workload) -> anyhow::Result<()> {
     let Some((limit, given)) = limit() else {
         return Ok(());
     };
-    let e = estimate(model, mode);
+    let e = estimate(model, work);
     if e.total <= u128::from(limit) {
         return Ok(());
     }
-    let batch = match mode {
-        Mode::Inference { batch } | Mode::Training { batch, .. } => batch,
+    let batch = match work {
+        Workload::Inference { batch } | Workload::Training { batch, .. } => batch,
     };
-    let (verb, fix) = match mode {
-        Mode::Inference { .. } => ("run", "a smaller layer or batch"),
-        Mode::Training { .. } => ("train", "a smaller layer or --batch"),
+    let (verb, fix) = match work {
+        Workload::Inference { .. } => ("run", "a smaller layer or batch"),
+        Workload::Training { .. } => ("train", "a smaller layer or --batch"),
     };
     let room = if given {
         format!("--max-memory is {}", human(limit.into()))

@@ -1,9 +1,9 @@
 //! `cnnc run`, `cnnc gen`, `cnnc bench` and `cnnc check --weights`.
 
 use crate::exit;
-use crate::spec_cmds::{load_model, read_spec};
+use crate::spec_cmds::load_model;
 use anyhow::{Context, bail};
-use cnn::dsl::plan::{Plan, plan};
+use cnn::dsl::plan::{Mode, Plan, plan};
 use cnn::dsl::{CheckedModel, SourceMap, codegen};
 use cnn::runtime::exec::{Executor, param_specs};
 use cnn::runtime::io;
@@ -36,7 +36,7 @@ pub fn check_weights(file: &str, weights_path: &str, color: bool) -> ExitCode {
         Ok(m) => m,
         Err(c) => return c,
     };
-    let p = plan(&model);
+    let p = plan(&model, Mode::Infer);
     match weights::load(Path::new(weights_path), &param_specs(&p)) {
         Ok(w) => {
             println!(
@@ -57,16 +57,11 @@ pub fn generate(file: &str, out: Option<&str>, color: bool) -> ExitCode {
         Ok(m) => m,
         Err(c) => return c,
     };
-    let text = match read_spec(file) {
-        Ok(t) => t,
-        Err(c) => return c,
-    };
-    let syntax = cnn::dsl::Syntax::from_path(file).unwrap_or(cnn::dsl::Syntax::Dsl);
     let opts = codegen::Options {
         source_name: file.to_string(),
         ..Default::default()
     };
-    let src = match codegen::source_with_spec(&model, &opts, &text, syntax) {
+    let src = match codegen::source(&model, &opts) {
         Ok(s) => s,
         Err(e) => {
             return report(anyhow::anyhow!(
@@ -125,9 +120,9 @@ fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
     if let Some(path) = a.output {
         crate::outputs::ensure_writable_file(Path::new(path))?;
     }
-    let p = plan(model);
+    let p = plan(model, Mode::Infer);
     // Before the weights are read or initialised: a model too large for one image.
-    crate::memory::check(model, crate::memory::Mode::Inference { batch: 1 })?;
+    crate::memory::check(model, crate::memory::Workload::Inference { batch: 1 })?;
     let w = load_weights(&p, a.weights, a.init)?;
     let lower = a.input.to_ascii_lowercase();
     let is_image = [".png", ".jpg", ".jpeg"].iter().any(|e| lower.ends_with(e));
@@ -193,7 +188,7 @@ fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
         }
         (flat, batch)
     };
-    crate::memory::check(model, crate::memory::Mode::Inference { batch })?;
+    crate::memory::check(model, crate::memory::Workload::Inference { batch })?;
     let mut exec = Executor::new(p.clone(), w, a.threads)?;
     let out = exec.forward(&data, batch)?.to_vec();
     let olen = p.output_len();
@@ -285,17 +280,17 @@ pub fn bench(a: BenchArgs<'_>, color: bool) -> ExitCode {
 }
 
 fn bench_inner(a: &BenchArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
-    use crate::memory::Mode;
+    use crate::memory::Workload;
     let mode = if a.train {
-        Mode::Training {
+        Workload::Training {
             batch: a.batch,
             state: crate::train_cmds::optimizer_state(a.optimizer, 0.0),
         }
     } else {
-        Mode::Inference { batch: a.batch }
+        Workload::Inference { batch: a.batch }
     };
     crate::memory::check(model, mode)?;
-    let p = plan(model);
+    let p = plan(model, Mode::Infer);
     let flops = 2.0 * model.macs() as f64 * a.batch as f64;
     let input: Vec<f32> = (0..p.input_len() * a.batch)
         .map(|i| ((i * 7919) % 255) as f32 / 255.0)
@@ -405,7 +400,7 @@ fn seed_plan() -> Option<Plan> {
     let text = include_str!("../../../examples/models/seed.yaml");
     cnn::dsl::compile_source(&mut SourceMap::new(), "seed.yaml", text)
         .ok()
-        .map(|m| plan(&m))
+        .map(|m| plan(&m, Mode::Infer))
 }
 
 /// Times forward + backward + Adam update; FLOPs counted as 3× the forward pass.

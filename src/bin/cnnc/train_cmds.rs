@@ -108,8 +108,8 @@ pub fn optimizer_state(kind: OptKind, momentum: f64) -> u32 {
 
 impl TrainOpts {
     /// The memory mode of training on `data` (the batch is at most the training set).
-    fn memory_mode(&self, data: &Data) -> crate::memory::Mode {
-        crate::memory::Mode::Training {
+    fn memory_mode(&self, data: &Data) -> crate::memory::Workload {
+        crate::memory::Workload::Training {
             batch: self.batch.min(data.train.len()).max(1),
             state: optimizer_state(self.optimizer, self.momentum),
         }
@@ -688,12 +688,12 @@ fn eval_inner(
     outputs::ensure_writable_file(&stem)?;
     crate::memory::check(
         model,
-        crate::memory::Mode::Training {
+        crate::memory::Workload::Training {
             batch: EVAL_BATCH,
             state: 0,
         },
     )?;
-    let plan = cnn::dsl::plan::plan(model);
+    let plan = cnn::dsl::plan::plan(model, cnn::dsl::plan::Mode::Infer);
     let w = weights::load(Path::new(weights_path), &param_specs(&plan))?;
     let meta = |k: &str| w.metadata().get(k).and_then(|v| v.parse::<f32>().ok());
     let normalize = match (meta("normalize_mean"), meta("normalize_std")) {

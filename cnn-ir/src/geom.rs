@@ -7,7 +7,7 @@
 //! generator alike. All tensors are `f32`, NCHW (PyTorch's layout) at the kernel boundary,
 //! batch-major and contiguous.
 
-use crate::check::Op;
+use crate::checked::Op;
 
 /// Geometry of a 2-D convolution (`nn.Conv2d`) for one image; the batch size is passed separately.
 ///

@@ -3,7 +3,7 @@
 
 use crate::ir::{Padding, PoolKind};
 
-/// Why a layer cannot accept its input. Turned into a [`crate::diag::Diagnostic`] by the checker.
+/// Why a layer cannot accept its input. Turned into a diagnostic by the checker (`cnn_dsl::check`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleError {
     /// A spatial layer got a flat vector.

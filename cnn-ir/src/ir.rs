@@ -1,5 +1,5 @@
 //! The typed model: layer kinds with PyTorch's attributes and defaults, blocks flattened into
-//! `state_dict`-style paths. Built by [`crate::lower`]; shapes are computed by [`crate::check`].
+//! `state_dict`-style paths. Built by `cnn_dsl::lower`; shapes are computed by `cnn_dsl::check`.
 
 use crate::span::{Span, Syntax};
 
