@@ -11,21 +11,7 @@ pub use cnn_runtime::Error;
 
 /// What generated code (`cnn!`, build.rs, `cnnc gen`) calls. Not a stable API.
 #[doc(hidden)]
-pub mod __private {
-    pub use cnn_runtime::Error;
-    pub use cnn_runtime::geom::{
-        AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom,
-    };
-    pub use cnn_runtime::ir;
-    pub use cnn_runtime::kernels;
-    pub use cnn_runtime::kernels::{Activation as KernelActivation, PackedConv};
-    pub use cnn_runtime::lanes;
-    pub use cnn_runtime::optim::Optimizer;
-    pub use cnn_runtime::support::*;
-    pub use cnn_runtime::train::Trainer;
-    pub use cnn_runtime::weights::{ParamKind, ParamSpec, Weights};
-    pub use ndarray;
-}
+pub use cnn_runtime::__private;
 
 pub mod memory;
 

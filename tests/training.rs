@@ -265,3 +265,95 @@ fn trainer_and_executor_each_take_only_their_own_plan() {
     bad.steps[0].params = vec![99];
     assert!(Executor::new(bad, w, 1).is_err());
 }
+
+/// A tiny separable dataset: class = which half of a 6×6 image is bright.
+fn halves(n: usize) -> cnn::runtime::data::Dataset {
+    let mut images = Vec::with_capacity(n * 36);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let y = (i % 2) as u8;
+        for p in 0..36 {
+            let left = p % 6 < 3;
+            let noise = ((i * 31 + p * 17) % 40) as u8;
+            images.push(if left == (y == 0) { 200 + noise } else { noise });
+        }
+        labels.push(y);
+    }
+    cnn::runtime::data::Dataset::new(images, labels, [1, 6, 6], 2).unwrap()
+}
+
+#[test]
+fn fit_runs_epochs_resumes_to_the_same_weights_and_stops_on_request() {
+    use cnn::runtime::data::Normalize;
+    use cnn::runtime::optim::LrSchedule;
+    use cnn::runtime::train::{Event, FitConfig, fit};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let m = model(
+        "m.cnn",
+        "model M(input = [1, 6, 6]) { conv2d(1, 4, 3), relu, flatten, dropout(0.1), linear(4*4*4, 2) }",
+    );
+    let train = Arc::new(halves(64));
+    let val = halves(16);
+    let dir = std::env::temp_dir().join(format!("cnn-fit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ckpt = dir.join("c.safetensors");
+    let config = |epochs| FitConfig {
+        epochs,
+        batch: 8,
+        seed: 5,
+        base_lr: 0.1,
+        schedule: LrSchedule::Step {
+            step_size: 1,
+            gamma: 0.5,
+        },
+        normalize: Normalize::new(0.5, 0.25).unwrap(),
+        prefetch: 2,
+        checkpoint: Some(ckpt.clone()),
+    };
+    let run = |epochs, resume: Option<&Path>, stop: &AtomicBool| {
+        let mut t = Trainer::new(&m, Box::new(Sgd::new(0.1)), 1, 1).unwrap();
+        let mut lrs = Vec::new();
+        let done = fit(
+            &mut t,
+            &train,
+            &val,
+            &config(epochs),
+            resume,
+            stop,
+            &mut |e| {
+                if let Event::EpochStart { lr, .. } = e {
+                    lrs.push(lr);
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        (done, t.weights().unwrap(), lrs)
+    };
+    let go = AtomicBool::new(false);
+    let (full, w_full, lrs) = run(3, None, &go);
+    assert_eq!(lrs, [0.1, 0.05, 0.025]);
+    assert_eq!(full.history.len(), 3);
+    assert!(!full.interrupted);
+    assert!(full.history[2].val_accuracy > 0.9, "{:?}", full.history[2]);
+    // Two epochs, then resume for the third: same weights, same history length.
+    let _ = run(2, None, &go);
+    let (resumed, w_resumed, lrs) = run(3, Some(&ckpt), &go);
+    assert_eq!(lrs, [0.025]);
+    assert_eq!(resumed.history.len(), 3);
+    for ((name, a), (_, b)) in w_full.iter().zip(w_resumed.iter()) {
+        assert_eq!(a, b, "{}", name.name);
+    }
+    // A raised stop flag ends the run after one step, with a checkpoint marked interrupted.
+    let stop = AtomicBool::new(true);
+    let (stopped, _, _) = run(3, None, &stop);
+    assert!(stopped.interrupted);
+    assert!(stopped.history.is_empty());
+    let mut t = Trainer::new(&m, Box::new(Sgd::new(0.1)), 1, 1).unwrap();
+    let meta = cnn::runtime::train::load_checkpoint(&mut t, &ckpt).unwrap();
+    assert_eq!(meta.get("interrupted").map(String::as_str), Some("true"));
+    assert_eq!(meta.get("epoch").map(String::as_str), Some("0"));
+    assert_eq!(t.steps(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -57,6 +57,7 @@ pub struct Builder {
     out_dir: Option<PathBuf>,
     runtime: Option<String>,
     emit_rerun: bool,
+    no_training: bool,
 }
 
 impl Builder {
@@ -83,6 +84,13 @@ impl Builder {
     /// The path of the runtime support module in generated code (default `::cnn::__private`).
     pub fn runtime_path(mut self, path: &str) -> Self {
         self.runtime = Some(path.to_string());
+        self
+    }
+
+    /// Whether the generated types get `train_plan()` and `trainer()` (default true). Turn it off
+    /// for a program that depends on `cnn-runtime` without its `train` feature.
+    pub fn training(mut self, yes: bool) -> Self {
+        self.no_training = !yes;
         self
     }
 
@@ -125,6 +133,7 @@ impl Builder {
                     let opts = Options {
                         runtime: runtime.clone(),
                         source_name: name.clone(),
+                        training: !self.no_training,
                     };
                     let src = codegen::source(&model, &opts).map_err(|e| BuildError::Codegen {
                         name: model.name().into(),

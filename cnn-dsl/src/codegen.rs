@@ -21,6 +21,8 @@ pub struct Options {
     pub runtime: TokenStream,
     /// Where the spec came from, for the header comment.
     pub source_name: String,
+    /// Emit the training plan and `trainer()` (needs the runtime's `train` feature).
+    pub training: bool,
 }
 
 impl Default for Options {
@@ -28,6 +30,7 @@ impl Default for Options {
         Options {
             runtime: quote!(::cnn::__private),
             source_name: String::from("<inline>"),
+            training: true,
         }
     }
 }
@@ -376,6 +379,9 @@ pub fn tokens(model: &CheckedModel, opts: &Options) -> TokenStream {
         &crate::summary::summary(model, false),
         opts,
     );
+    if !opts.training {
+        return base;
+    }
     let ir = quote!(#rt::ir);
     let train_plan = plan_tokens(&ir, &plan(model, Mode::Train));
     quote! {

@@ -349,6 +349,7 @@ fn generate(model: &CheckedModel, source_name: &str, name: Option<Ident>, span: 
     let opts = codegen::Options {
         runtime: quote!(::cnn::__private),
         source_name: source_name.to_string(),
+        training: true,
     };
     let emitted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         codegen::tokens(model, &opts)

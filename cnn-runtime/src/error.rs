@@ -1,8 +1,6 @@
 //! The runtime's umbrella error (re-exported as `cnn::Error`).
 
-use crate::{
-    data::DataError, exec::ExecError, init::InitError, io::IoError, weights::WeightsError,
-};
+use crate::{exec::ExecError, init::InitError, io::IoError, weights::WeightsError};
 
 /// Anything the runtime can report: weights that do not fit, bad data or inputs, I/O.
 #[derive(Debug, thiserror::Error)]
@@ -17,14 +15,13 @@ pub enum Error {
     #[error(transparent)]
     Io(#[from] IoError),
     /// Reading a dataset.
+    #[cfg(feature = "data")]
     #[error(transparent)]
-    Data(#[from] DataError),
+    Data(#[from] crate::data::DataError),
     /// Training.
+    #[cfg(feature = "train")]
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
-    /// A spec embedded in generated code no longer checks (the cnn version changed).
-    #[error("the embedded spec does not check: {0}")]
-    Spec(String),
     /// Building or running the plan interpreter.
     #[error(transparent)]
     Exec(#[from] ExecError),

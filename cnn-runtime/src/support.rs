@@ -84,6 +84,7 @@ pub fn array_from(shape: Vec<usize>, data: Vec<f32>) -> Result<ArrayD<f32>, Erro
     })
 }
 
+#[cfg(feature = "train")]
 /// A trainer for a generated model: follows its embedded training plan and starts from
 /// `weights`.
 pub fn trainer_for(

@@ -42,6 +42,7 @@ pub use conv::{PackedConv, conv2d, conv2d_act, conv2d_scratch_len};
 pub use linear::linear;
 pub use norm::{BatchNormParams, batch_norm2d, batch_norm2d_inplace};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d};
+#[cfg(feature = "train")]
 pub(crate) use pool::{avg_window, window_2x2};
 
 /// Element-wise activation fused into a kernel's epilogue (applied after the bias).

@@ -17,6 +17,7 @@
 mod conv;
 mod pool;
 
+#[cfg(feature = "train")]
 pub(crate) use conv::conv2d_lanes_with;
 pub use conv::{conv2d_lanes, conv2d_lanes_scratch_len, conv2d_lanes_usable};
 pub use pool::{max_pool2d_lanes, max_pool2d_lanes_backward, max_pool2d_lanes_forward};

@@ -9,11 +9,11 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use cnn::dsl::CheckedModel;
 use cnn::dsl::summary::thousands;
-use cnn::runtime::data::{BatchConfig, Dataset, Normalize, Prefetch, TrainTest, load_folder};
+use cnn::runtime::data::{Dataset, Normalize, TrainTest, load_folder};
 use cnn::runtime::exec::param_specs;
 use cnn::runtime::optim::{Adam, LrSchedule, Optimizer, Sgd};
 use cnn::runtime::train::{
-    EvalReport, Trainer, evaluate_dataset, load_checkpoint, save_checkpoint,
+    EpochRecord, EvalReport, Event, FitConfig, HandlerError, Trainer, evaluate_dataset, fit,
 };
 use cnn::runtime::weights;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -159,28 +159,6 @@ impl TrainOpts {
     }
 }
 
-/// One epoch's numbers.
-#[derive(Clone, Debug, Default)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub lr: f64,
-    pub train_loss: f64,
-    pub train_accuracy: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
-    pub seconds: f64,
-    pub images_per_s: f64,
-}
-
-impl EpochRecord {
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "epoch": self.epoch, "lr": self.lr, "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
-            "val_loss": self.val_loss, "val_accuracy": self.val_accuracy, "seconds": self.seconds, "images_per_s": self.images_per_s,
-        })
-    }
-}
-
 /// The data a run trains on, normalised with the training split's statistics.
 pub struct Data {
     pub train: Arc<Dataset>,
@@ -322,34 +300,8 @@ fn print_row(r: &EpochRecord) {
     );
 }
 
-fn history_json(h: &[EpochRecord]) -> String {
-    serde_json::Value::Array(h.iter().map(EpochRecord::json).collect()).to_string()
-}
-
-fn history_from_json(s: &str) -> Vec<EpochRecord> {
-    let v: serde_json::Value = serde_json::from_str(s).unwrap_or_default();
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| {
-                    let f = |k: &str| e[k].as_f64().unwrap_or(f64::NAN);
-                    EpochRecord {
-                        epoch: e["epoch"].as_u64().unwrap_or(0) as usize,
-                        lr: f("lr"),
-                        train_loss: f("train_loss"),
-                        train_accuracy: f("train_accuracy"),
-                        val_loss: f("val_loss"),
-                        val_accuracy: f("val_accuracy"),
-                        seconds: f("seconds"),
-                        images_per_s: f("images_per_s"),
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Trains `model`; checkpoints into `run_dir` after every epoch when given.
+/// Trains `model` with the library's epoch loop ([`fit`]); checkpoints, `metrics.csv` and the
+/// curves go into `run_dir` after every epoch when given.
 pub fn train_model(
     model: &CheckedModel,
     opts: &TrainOpts,
@@ -359,157 +311,135 @@ pub fn train_model(
     resume: Option<&Path>,
 ) -> anyhow::Result<RunResult> {
     let mut trainer = Trainer::new(model, opts.optimizer(), opts.seed, opts.threads)?;
-    let mut history = Vec::new();
-    let mut start_epoch = 0;
-    if let Some(ckpt) = resume {
-        let meta = load_checkpoint(&mut trainer, ckpt)
-            .with_context(|| format!("resuming from `{}`", ckpt.display()))?;
-        start_epoch = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
-        history = meta
-            .get("history")
-            .map(|h| history_from_json(h))
-            .unwrap_or_default();
-        history.truncate(start_epoch);
-        eprintln!(
-            "resuming `{}` after epoch {start_epoch} from {}",
-            model.name(),
-            ckpt.display()
-        );
-    }
-    let schedule = opts.schedule();
-    let config = BatchConfig::new(opts.batch)
-        .seed(opts.seed)
-        .normalize(data.normalize);
-    let batches = config.batch_count(data.train.len());
+    let config = FitConfig {
+        epochs: opts.epochs,
+        batch: opts.batch,
+        seed: opts.seed,
+        base_lr: opts.base_lr(),
+        schedule: opts.schedule(),
+        normalize: data.normalize,
+        prefetch: 4,
+        checkpoint: run_dir.map(|d| d.join("checkpoint.safetensors")),
+    };
     let show = report.progress && std::io::stderr().is_terminal();
-    if report.table && !history.is_empty() {
-        print_header();
-        history.iter().for_each(print_row);
-    } else if report.table {
-        print_header();
-    }
-    let mut interrupted = false;
     let mut written: Vec<PathBuf> = Vec::new();
     let mut wrote = |p: PathBuf| {
         if !written.contains(&p) {
             written.push(p);
         }
     };
-    for epoch in start_epoch..opts.epochs {
-        let lr = schedule.lr_at(opts.base_lr(), epoch);
-        trainer.optimizer_mut().set_lr(lr);
-        let bar = if show {
-            ProgressBar::new(batches as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>11} [{bar:30.cyan/blue}] {pos:>4}/{len:4} {msg} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("epoch {}/{}", epoch + 1, opts.epochs));
-        let t0 = Instant::now();
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
-        let prefetch = Prefetch::new(Arc::clone(&data.train), config, epoch as u64, 4)?;
-        for (i, batch) in prefetch.enumerate() {
-            let s = trainer.train_step(&batch.images, &batch.labels)?;
-            loss_sum += s.loss * s.count as f64;
-            correct += s.correct;
-            seen += s.count;
-            if i % 10 == 0 {
-                let ips = seen as f64 / t0.elapsed().as_secs_f64();
-                bar.set_message(format!(
-                    "loss {:.4} acc {:5.2}% {} img/s",
-                    loss_sum / seen as f64,
-                    100.0 * correct as f64 / seen as f64,
-                    thousands(ips as u64)
-                ));
-            }
-            bar.inc(1);
-            if INTERRUPTED.load(Ordering::SeqCst) {
-                interrupted = true;
-                break;
-            }
+    let mut bar = ProgressBar::hidden();
+    let mut header_printed = false;
+    let mut header = |history: &[EpochRecord]| {
+        if report.table && !header_printed {
+            print_header();
+            history.iter().for_each(print_row);
+            header_printed = true;
         }
-        let train_secs = t0.elapsed().as_secs_f64();
-        bar.finish_and_clear();
-        if interrupted {
-            if let Some(dir) = run_dir {
-                let path = dir.join("checkpoint.safetensors");
-                save_checkpoint(
-                    &trainer,
-                    &path,
-                    &[
-                        ("epoch", epoch.to_string()),
-                        ("history", history_json(&history)),
-                        ("interrupted", "true".into()),
-                    ],
-                )?;
-                wrote(path.clone());
+    };
+    let mut on = |event: Event<'_>| -> Result<(), HandlerError> {
+        match event {
+            Event::Resumed { epoch, history } => {
                 eprintln!(
-                    "saved {} (weights after {} steps; epoch {} restarts on --resume)",
-                    path.display(),
-                    trainer.steps(),
-                    epoch + 1
+                    "resuming `{}` after epoch {epoch} from {}",
+                    model.name(),
+                    resume.map_or_else(String::new, |p| p.display().to_string())
                 );
+                header(history);
             }
-            break;
+            Event::EpochStart { epoch, batches, .. } => {
+                header(&[]);
+                bar = if show {
+                    ProgressBar::new(batches as u64)
+                } else {
+                    ProgressBar::hidden()
+                };
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{prefix:>11} [{bar:30.cyan/blue}] {pos:>4}/{len:4} {msg} ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(format!("epoch {}/{}", epoch + 1, opts.epochs));
+            }
+            Event::Step {
+                index,
+                loss,
+                accuracy,
+                images_per_s,
+            } => {
+                if index % 10 == 0 {
+                    bar.set_message(format!(
+                        "loss {loss:.4} acc {:5.2}% {} img/s",
+                        100.0 * accuracy,
+                        thousands(images_per_s as u64)
+                    ));
+                }
+                bar.inc(1);
+            }
+            Event::Interrupted {
+                epoch,
+                checkpoint,
+                steps,
+            } => {
+                bar.finish_and_clear();
+                if let Some(path) = checkpoint {
+                    wrote(path.to_path_buf());
+                    eprintln!(
+                        "saved {} (weights after {steps} steps; epoch {} restarts on --resume)",
+                        path.display(),
+                        epoch + 1
+                    );
+                }
+            }
+            Event::EpochEnd {
+                record, history, ..
+            } => {
+                bar.finish_and_clear();
+                if report.json {
+                    println!("{}", record.json());
+                }
+                if report.table {
+                    print_row(record);
+                }
+                if let Some(dir) = run_dir {
+                    wrote(dir.join("checkpoint.safetensors"));
+                    write_csv(&dir.join("metrics.csv"), history)?;
+                    wrote(dir.join("metrics.csv"));
+                    let series = Series {
+                        label: model.name().to_string(),
+                        train_loss: history.iter().map(|r| r.train_loss).collect(),
+                        val_loss: history.iter().map(|r| r.val_loss).collect(),
+                        train_acc: history.iter().map(|r| r.train_accuracy).collect(),
+                        val_acc: history.iter().map(|r| r.val_accuracy).collect(),
+                    };
+                    let plots = plot::plot_curves(
+                        &dir.join("curves"),
+                        &format!("{} on {}", model.name(), data.dir.display()),
+                        &[series],
+                    )?;
+                    plots.into_iter().for_each(&mut wrote);
+                }
+            }
         }
-        // Evaluate in training-sized batches so the buffers stay those of the first step.
-        let val = evaluate_dataset(&mut trainer, &data.val, opts.batch, data.normalize)?;
-        let rec = EpochRecord {
-            epoch: epoch + 1,
-            lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
-            val_loss: val.loss,
-            val_accuracy: val.accuracy,
-            seconds: t0.elapsed().as_secs_f64(),
-            images_per_s: seen as f64 / train_secs,
-        };
-        if report.json {
-            println!("{}", rec.json());
-        }
-        if report.table {
-            print_row(&rec);
-        }
-        history.push(rec);
-        if let Some(dir) = run_dir {
-            save_checkpoint(
-                &trainer,
-                &dir.join("checkpoint.safetensors"),
-                &[
-                    ("epoch", (epoch + 1).to_string()),
-                    ("history", history_json(&history)),
-                ],
-            )?;
-            wrote(dir.join("checkpoint.safetensors"));
-            write_csv(&dir.join("metrics.csv"), &history)?;
-            wrote(dir.join("metrics.csv"));
-            let series = Series {
-                label: model.name().to_string(),
-                train_loss: history.iter().map(|r| r.train_loss).collect(),
-                val_loss: history.iter().map(|r| r.val_loss).collect(),
-                train_acc: history.iter().map(|r| r.train_accuracy).collect(),
-                val_acc: history.iter().map(|r| r.val_accuracy).collect(),
-            };
-            let plots = plot::plot_curves(
-                &dir.join("curves"),
-                &format!("{} on {}", model.name(), data.dir.display()),
-                &[series],
-            )?;
-            plots.into_iter().for_each(&mut wrote);
-        }
-    }
+        Ok(())
+    };
+    let done = fit(
+        &mut trainer,
+        &data.train,
+        &data.val,
+        &config,
+        resume,
+        &INTERRUPTED,
+        &mut on,
+    )?;
     let test = evaluate_dataset(&mut trainer, &data.test, opts.batch, data.normalize)?;
     Ok(RunResult {
-        history,
+        history: done.history,
         trainer,
         test,
-        interrupted,
+        interrupted: done.interrupted,
         written,
     })
 }

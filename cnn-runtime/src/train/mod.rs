@@ -27,11 +27,17 @@ use crate::grad::{self, DropoutRng};
 use crate::kernels::{self, Activation as KAct, BatchNormParams};
 use crate::lanes::{self, LANES};
 use crate::optim::Optimizer;
+
+mod fit;
 use crate::weights::Weights;
 use cnn_ir::CheckedModel;
 use cnn_ir::checked::{Activation, Op, TensorRole};
 use cnn_ir::ir::PoolKind;
 use cnn_ir::plan::{Loc, Mode, Plan, Step, plan};
+pub use fit::{
+    EpochRecord, EvalReport, Event, Fit, FitConfig, FitError, HandlerError, evaluate_dataset, fit,
+    load_checkpoint, save_checkpoint,
+};
 
 /// Errors from building or running a trainer.
 #[derive(Debug, thiserror::Error)]
@@ -1104,84 +1110,6 @@ fn split_two(
     }
 }
 
-/// Accuracy, loss and confusion matrix of a model over a whole dataset.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EvalReport {
-    /// Mean loss per sample.
-    pub loss: f64,
-    /// Fraction correct.
-    pub accuracy: f64,
-    /// `confusion[true][predicted]` counts.
-    pub confusion: Vec<Vec<u64>>,
-    /// Samples evaluated.
-    pub count: usize,
-}
-
-impl EvalReport {
-    /// Accuracy of each true class (NaN for a class with no samples).
-    pub fn per_class(&self) -> Vec<f64> {
-        self.confusion
-            .iter()
-            .enumerate()
-            .map(|(c, row)| {
-                let n: u64 = row.iter().sum();
-                if n == 0 {
-                    f64::NAN
-                } else {
-                    row[c] as f64 / n as f64
-                }
-            })
-            .collect()
-    }
-}
-
-/// Evaluates `trainer`'s current weights on every sample of `dataset` (evaluation mode).
-pub fn evaluate_dataset(
-    trainer: &mut Trainer,
-    dataset: &crate::data::Dataset,
-    batch_size: usize,
-    normalize: crate::data::Normalize,
-) -> Result<EvalReport, TrainError> {
-    let classes = trainer.classes();
-    let mut confusion = vec![vec![0u64; classes]; classes];
-    let config = crate::data::BatchConfig::new(batch_size.max(1))
-        .shuffle(false)
-        .normalize(normalize);
-    let mut batches = dataset
-        .batches(&config, 0)
-        .map_err(|e| TrainError::Unsupported {
-            model: String::from("dataset"),
-            reason: e.to_string(),
-        })?;
-    let mut batch = crate::data::Batch::default();
-    let (mut loss_sum, mut correct, mut count) = (0.0f64, 0usize, 0usize);
-    while batches.next_into(&mut batch) {
-        let (stats, out) = trainer.evaluate(&batch.images, &batch.labels)?;
-        loss_sum += stats.loss * stats.count as f64;
-        correct += stats.correct;
-        count += stats.count;
-        for (row, &y) in out.chunks_exact(classes).zip(&batch.labels) {
-            let pred = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(i, _)| i);
-            if let Some(r) = confusion.get_mut(y) {
-                r[pred] += 1;
-            }
-        }
-    }
-    let n = count.max(1) as f64;
-    Ok(EvalReport {
-        loss: loss_sum / n,
-        accuracy: correct as f64 / n,
-        confusion,
-        count,
-    })
-}
-
-use crate::weights::OPTIM_PREFIX;
-
 /// Resizes `v` to `len` copies of `value`, reporting a failed allocation instead of aborting.
 fn try_resize<T: Clone>(v: &mut Vec<T>, len: usize, value: T) -> Result<(), OutOfMemory> {
     if len > v.len() {
@@ -1190,82 +1118,4 @@ fn try_resize<T: Clone>(v: &mut Vec<T>, len: usize, value: T) -> Result<(), OutO
     }
     v.resize(len, value);
     Ok(())
-}
-
-/// Saves weights, optimizer state and counters atomically (write, then rename) as one
-/// safetensors file; `metadata` (e.g. the completed epoch) goes into the header.
-pub fn save_checkpoint(
-    trainer: &Trainer,
-    path: &std::path::Path,
-    metadata: &[(&str, String)],
-) -> Result<(), TrainError> {
-    use crate::weights::{ParamKind, ParamSpec};
-    let mut specs = param_specs(&trainer.plan);
-    let mut values = trainer.tensors.clone();
-    for (name, data) in trainer.optimizer.state_tensors() {
-        specs.push(ParamSpec::new(
-            format!("{OPTIM_PREFIX}{name}"),
-            vec![data.len()],
-            ParamKind::Weight,
-        ));
-        values.push(data.to_vec());
-    }
-    let mut w = Weights::new(&specs, values)?
-        .with_metadata("model", trainer.name.clone())
-        .with_metadata("steps", trainer.steps.to_string())
-        .with_metadata(
-            "optimizer_steps",
-            trainer.optimizer.step_count().to_string(),
-        )
-        .with_metadata("rng_state", trainer.rng.state().to_string());
-    for (k, v) in metadata {
-        w = w.with_metadata(*k, v.clone());
-    }
-    crate::weights::save_atomic(path, &w)?;
-    Ok(())
-}
-
-/// Restores a checkpoint written by [`save_checkpoint`] for the same model and optimizer kind;
-/// returns its header metadata.
-pub fn load_checkpoint(
-    trainer: &mut Trainer,
-    path: &std::path::Path,
-) -> Result<std::collections::BTreeMap<String, String>, TrainError> {
-    use crate::weights::{ParamKind, ParamSpec};
-    let listed = crate::weights::list(path)?;
-    let mut specs = param_specs(&trainer.plan);
-    for (name, shape, _) in &listed {
-        if name.starts_with(OPTIM_PREFIX) {
-            specs.push(ParamSpec::new(
-                name.clone(),
-                shape.clone(),
-                ParamKind::Weight,
-            ));
-        }
-    }
-    let w = crate::weights::load(path, &specs)?;
-    let n_model = trainer.tensors.len();
-    for (i, (_, v)) in w.iter().take(n_model).enumerate() {
-        trainer.tensors[i].copy_from_slice(v);
-    }
-    let meta = w.metadata().clone();
-    let num = |k: &str| meta.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let state: Vec<(String, Vec<f32>)> = w
-        .iter()
-        .skip(n_model)
-        .map(|(s, v)| (s.name[OPTIM_PREFIX.len()..].to_string(), v.to_vec()))
-        .collect();
-    let refs: Vec<(&str, &[f32])> = state.iter().map(|(n, v)| (n.as_str(), &v[..])).collect();
-    trainer
-        .optimizer
-        .load_state(num("optimizer_steps"), &refs)
-        .map_err(|e| TrainError::Unsupported {
-            model: trainer.name.clone(),
-            reason: format!(
-                "checkpoint `{}` has optimizer state for another optimizer: {e}",
-                path.display()
-            ),
-        })?;
-    trainer.restore_counters(num("steps"), num("rng_state"));
-    Ok(meta)
 }
