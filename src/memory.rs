@@ -114,20 +114,12 @@ pub fn estimate(model: &CheckedModel, work: Workload) -> Estimate {
         }
         // Training keeps every output (and its gradient's share) for the backward pass.
         let acts = if training { 2 * out * batch * F } else { 0 };
-        if let Op::Conv2d {
-            in_channels,
-            out_h,
-            out_w,
-            kernel,
-            groups,
-            ..
-        } = l.op
-        {
-            let per_image = (in_channels / groups.max(1)) as u128
-                * kernel[0] as u128
-                * kernel[1] as u128
-                * out_h as u128
-                * out_w as u128;
+        if let Op::Conv2d { geom: g, .. } = l.op {
+            let per_image = (g.in_channels / g.groups.max(1)) as u128
+                * g.kernel_h as u128
+                * g.kernel_w as u128
+                * g.out_h as u128
+                * g.out_w as u128;
             max_scratch = max_scratch.max(per_image * batch * F);
         }
         total = total.saturating_add(weights).saturating_add(acts);

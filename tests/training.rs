@@ -258,6 +258,9 @@ fn trainer_and_executor_each_take_only_their_own_plan() {
     let mut bad = plan(&m, Mode::Train);
     bad.steps[2].src = Loc::Buf(7);
     assert!(Trainer::from_plan(bad, &w, opt(), 0, 1).is_err());
+    let mut bad = plan(&m, Mode::Train);
+    bad.steps[0].params = vec![0, 0];
+    assert!(Trainer::from_plan(bad, &w, opt(), 0, 1).is_err());
     let mut bad = plan(&m, Mode::Infer);
     bad.steps[1].dst = Loc::Buf(2);
     assert!(Executor::new(bad, w.clone(), 1).is_err());

@@ -184,81 +184,34 @@ fn ir_act_tokens(a: Activation) -> TokenStream {
     }
 }
 
-/// A checked [`Op`] as an expression (names imported by [`plan_tokens`]).
-fn op_tokens(op: &Op) -> TokenStream {
-    let pair = |a: [usize; 2]| {
-        let [x, y] = a.map(lit);
-        quote!([#x, #y])
-    };
+/// A checked [`Op`] as an expression (names imported by [`plan_tokens`]); `geom` is the path of
+/// the geometry structs.
+fn op_tokens(geom: &TokenStream, op: &Op) -> TokenStream {
     match *op {
-        Op::Conv2d {
-            in_channels,
-            in_h,
-            in_w,
-            out_channels,
-            out_h,
-            out_w,
-            kernel,
-            stride,
-            padding,
-            dilation,
-            groups,
-            bias,
-        } => {
-            let [ci, ih, iw, co, oh, ow, g] =
-                [in_channels, in_h, in_w, out_channels, out_h, out_w, groups].map(lit);
-            let [k, s, p, d] = [kernel, stride, padding, dilation].map(pair);
-            quote!(Op::Conv2d {
-                in_channels: #ci, in_h: #ih, in_w: #iw, out_channels: #co, out_h: #oh, out_w: #ow,
-                kernel: #k, stride: #s, padding: #p, dilation: #d, groups: #g, bias: #bias,
-            })
+        Op::Conv2d { geom: g, bias } => {
+            let g = conv_geom_tokens(geom, &g);
+            quote!(Op::Conv2d { geom: #g, bias: #bias })
         }
-        Op::Pool2d {
-            kind,
-            channels,
-            in_h,
-            in_w,
-            out_h,
-            out_w,
-            kernel,
-            stride,
-            padding,
-            dilation,
-            count_include_pad,
-        } => {
+        Op::Pool2d { kind, geom: g } => {
             let kind = match kind {
                 PoolKind::Max => quote!(PoolKind::Max),
                 PoolKind::Avg => quote!(PoolKind::Avg),
             };
-            let [c, ih, iw, oh, ow] = [channels, in_h, in_w, out_h, out_w].map(lit);
-            let [k, s, p, d] = [kernel, stride, padding, dilation].map(pair);
-            quote!(Op::Pool2d {
-                kind: #kind, channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow,
-                kernel: #k, stride: #s, padding: #p, dilation: #d,
-                count_include_pad: #count_include_pad,
-            })
+            let g = pool_geom_tokens(geom, &g);
+            quote!(Op::Pool2d { kind: #kind, geom: #g })
         }
-        Op::AdaptiveAvgPool2d {
-            channels,
-            in_h,
-            in_w,
-            out_h,
-            out_w,
-        } => {
-            let [c, ih, iw, oh, ow] = [channels, in_h, in_w, out_h, out_w].map(lit);
-            quote!(Op::AdaptiveAvgPool2d {
-                channels: #c, in_h: #ih, in_w: #iw, out_h: #oh, out_w: #ow,
-            })
+        Op::AdaptiveAvgPool2d(g) => {
+            let g = adaptive_geom_tokens(geom, &g);
+            quote!(Op::AdaptiveAvgPool2d(#g))
         }
         Op::BatchNorm2d {
-            channels,
-            spatial,
+            geom: g,
             eps,
             momentum,
         } => {
-            let [c, sp] = [channels, spatial].map(lit);
+            let g = batch_norm_geom_tokens(geom, &g);
             let [e, m] = [eps, momentum].map(f32_tokens);
-            quote!(Op::BatchNorm2d { channels: #c, spatial: #sp, eps: #e, momentum: #m })
+            quote!(Op::BatchNorm2d { geom: #g, eps: #e, momentum: #m })
         }
         Op::Activation { act, len } => {
             let a = ir_act_tokens(act);
@@ -274,13 +227,9 @@ fn op_tokens(op: &Op) -> TokenStream {
             let n = lit(len);
             quote!(Op::Flatten { len: #n })
         }
-        Op::Linear {
-            in_features,
-            out_features,
-            bias,
-        } => {
-            let [i, o] = [in_features, out_features].map(lit);
-            quote!(Op::Linear { in_features: #i, out_features: #o, bias: #bias })
+        Op::Linear { geom: g, bias } => {
+            let g = linear_geom_tokens(geom, &g);
+            quote!(Op::Linear { geom: #g, bias: #bias })
         }
         Op::Softmax {
             log,
@@ -335,7 +284,7 @@ pub fn plan_tokens(ir: &TokenStream, p: &Plan) -> TokenStream {
     });
     let steps = p.steps.iter().map(|s| {
         let path = &s.path;
-        let op = op_tokens(&s.op);
+        let op = op_tokens(&quote!(#ir::geom), &s.op);
         let fused = match s.fused {
             Some(a) => {
                 let a = ir_act_tokens(a);
@@ -490,18 +439,9 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
         };
         let t = |j: usize| tfield(s.params[j]);
         match &s.op {
-            Op::Conv2d {
-                bias,
-                in_channels,
-                in_h,
-                in_w,
-                ..
-            } => {
+            Op::Conv2d { bias, geom: cg } => {
                 let f = format_ident!("conv{}", i);
-                let geom = conv_geom_tokens(
-                    rt,
-                    &Conv2dGeom::from_op(&s.op).expect("an Op::Conv2d has a geometry"),
-                );
+                let geom = conv_geom_tokens(rt, cg);
                 consts.push(quote! {
                     #[doc = #path_doc]
                     const #g: #rt::Conv2dGeom = #geom;
@@ -517,7 +457,7 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 conv_fields.push(quote!(#f: #rt::PackedConv));
                 conv_inits.push(quote!(#f: #rt::PackedConv::new(&Self::#g, &tensors.#w, #b, #act)));
                 conv_scratch.push(quote!(self.convs.#f.scratch_len(batch, threads)));
-                let n_in = lit(in_channels * in_h * in_w);
+                let n_in = lit(cg.in_len());
                 body.push(quote! {
                     convs.#f.run(batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch], scratch);
                 });
@@ -530,17 +470,8 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                     lcur = 1 - lcur;
                 }
             }
-            Op::Pool2d {
-                kind,
-                channels,
-                in_h,
-                in_w,
-                ..
-            } => {
-                let geom = pool_geom_tokens(
-                    rt,
-                    &Pool2dGeom::from_op(&s.op).expect("an Op::Pool2d has a geometry"),
-                );
+            Op::Pool2d { kind, geom: pg } => {
+                let geom = pool_geom_tokens(rt, pg);
                 consts.push(quote! {
                     #[doc = #path_doc]
                     const #g: #rt::Pool2dGeom = #geom;
@@ -550,7 +481,7 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                 } else {
                     quote!(avg_pool2d)
                 };
-                let n_in = lit(channels * in_h * in_w);
+                let n_in = lit(pg.in_len());
                 body.push(quote! {
                     #rt::kernels::#f(&Self::#g, batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch]);
                 });
@@ -562,32 +493,20 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                     lcur = 1 - lcur;
                 }
             }
-            Op::AdaptiveAvgPool2d {
-                channels,
-                in_h,
-                in_w,
-                ..
-            } => {
-                let geom = adaptive_geom_tokens(
-                    rt,
-                    &AdaptivePoolGeom::from_op(&s.op)
-                        .expect("an Op::AdaptiveAvgPool2d has a geometry"),
-                );
+            Op::AdaptiveAvgPool2d(ag) => {
+                let geom = adaptive_geom_tokens(rt, ag);
                 consts.push(quote! {
                     #[doc = #path_doc]
                     const #g: #rt::AdaptivePoolGeom = #geom;
                 });
-                let n_in = lit(channels * in_h * in_w);
+                let n_in = lit(ag.channels * ag.in_h * ag.in_w);
                 body.push(quote! {
                     #rt::kernels::adaptive_avg_pool2d(&Self::#g, batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch]);
                 });
             }
-            Op::BatchNorm2d { eps, .. } => {
-                let geom = batch_norm_geom_tokens(
-                    rt,
-                    &BatchNormGeom::from_op(&s.op).expect("an Op::BatchNorm2d has a geometry"),
-                );
-                let eps = Literal::f32_suffixed(*eps);
+            Op::BatchNorm2d { eps, geom: bg, .. } => {
+                let geom = batch_norm_geom_tokens(rt, bg);
+                let eps = f32_tokens(*eps);
                 consts.push(quote! {
                     #[doc = #path_doc]
                     const #g: #rt::BatchNormGeom = #geom;
@@ -624,14 +543,9 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
                     #call;
                 });
             }
-            Op::Linear {
-                in_features, bias, ..
-            } => {
-                let geom = linear_geom_tokens(
-                    rt,
-                    &LinearGeom::from_op(&s.op).expect("an Op::Linear has a geometry"),
-                );
-                let fi = lit(*in_features);
+            Op::Linear { geom: lg, bias } => {
+                let geom = linear_geom_tokens(rt, lg);
+                let fi = lit(lg.in_features);
                 consts.push(quote! {
                     #[doc = #path_doc]
                     const #g: #rt::LinearGeom = #geom;

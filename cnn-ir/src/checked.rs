@@ -2,6 +2,7 @@
 //! cost. The shape checker (`cnn_dsl::check`) is what makes a [`CheckedModel`]; codegen,
 //! summaries, the planner and the runtime take one, so "forgot to check" does not compile.
 
+use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::ir::{Dims, Layer, Model, PoolKind};
 
 /// What a parameter tensor is, for initialisation and training.
@@ -61,80 +62,30 @@ pub enum Activation {
     Gelu,
 }
 
-/// A layer with every size resolved: what a kernel call needs. All sizes are per image.
+/// A layer with every size resolved: what a kernel call needs. All sizes are per image; the
+/// layers that call a kernel with a geometry hold it directly (see [`crate::geom`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// Convolution; padding is top/left, bottom/right implied by the output size.
     Conv2d {
-        /// C_in
-        in_channels: usize,
-        /// H
-        in_h: usize,
-        /// W
-        in_w: usize,
-        /// C_out
-        out_channels: usize,
-        /// H_out
-        out_h: usize,
-        /// W_out
-        out_w: usize,
-        /// [kh, kw]
-        kernel: [usize; 2],
-        /// [sh, sw]
-        stride: [usize; 2],
-        /// [top, left]
-        padding: [usize; 2],
-        /// [dh, dw]
-        dilation: [usize; 2],
-        /// groups
-        groups: usize,
-        /// has a bias tensor
+        /// Every size of the kernel call.
+        geom: Conv2dGeom,
+        /// Has a bias tensor.
         bias: bool,
     },
     /// Max or average pooling.
     Pool2d {
         /// Max or average.
         kind: PoolKind,
-        /// C
-        channels: usize,
-        /// H
-        in_h: usize,
-        /// W
-        in_w: usize,
-        /// H_out
-        out_h: usize,
-        /// W_out
-        out_w: usize,
-        /// [kh, kw]
-        kernel: [usize; 2],
-        /// [sh, sw]
-        stride: [usize; 2],
-        /// symmetric [h, w] padding
-        padding: [usize; 2],
-        /// [dh, dw]
-        dilation: [usize; 2],
-        /// average pooling divisor rule
-        count_include_pad: bool,
+        /// Every size of the kernel call (padding symmetric).
+        geom: Pool2dGeom,
     },
     /// Adaptive average pooling.
-    AdaptiveAvgPool2d {
-        /// C
-        channels: usize,
-        /// H
-        in_h: usize,
-        /// W
-        in_w: usize,
-        /// H_out
-        out_h: usize,
-        /// W_out
-        out_w: usize,
-    },
+    AdaptiveAvgPool2d(AdaptivePoolGeom),
     /// Batch normalisation.
     BatchNorm2d {
-        /// C
-        channels: usize,
-        /// H·W
-        spatial: usize,
+        /// Channels and H·W.
+        geom: BatchNormGeom,
         /// eps
         eps: f32,
         /// momentum (training)
@@ -161,11 +112,9 @@ pub enum Op {
     },
     /// Fully connected.
     Linear {
-        /// in
-        in_features: usize,
-        /// out
-        out_features: usize,
-        /// has a bias tensor
+        /// In and out features.
+        geom: LinearGeom,
+        /// Has a bias tensor.
         bias: bool,
     },
     /// Softmax or log-softmax over one axis: the per-image tensor is viewed as

@@ -2,12 +2,9 @@
 //!
 //! Kernels never derive an output size themselves: the shape checker owns the formulas, and
 //! the plan hands each kernel one of these structs (`cnn-runtime` re-exports them as
-//! `cnn_runtime::geom`). Each struct's `from_op` (e.g. [`Conv2dGeom::from_op`]) is the one
-//! place a checked [`Op`] becomes a geometry, for the interpreter, the trainer and the code
-//! generator alike. All tensors are `f32`, NCHW (PyTorch's layout) at the kernel boundary,
-//! batch-major and contiguous.
-
-use crate::checked::Op;
+//! `cnn_runtime::geom`). The checked ops (`crate::checked::Op`) hold them directly, for the
+//! interpreter, the trainer and the code generator alike. All tensors are `f32`, NCHW
+//! (PyTorch's layout) at the kernel boundary, batch-major and contiguous.
 
 /// Geometry of a 2-D convolution (`nn.Conv2d`) for one image; the batch size is passed separately.
 ///
@@ -49,43 +46,6 @@ pub struct Conv2dGeom {
 }
 
 impl Conv2dGeom {
-    /// The geometry of a checked `Op::Conv2d`; `None` for any other op.
-    pub fn from_op(op: &Op) -> Option<Conv2dGeom> {
-        match *op {
-            Op::Conv2d {
-                in_channels,
-                in_h,
-                in_w,
-                out_channels,
-                out_h,
-                out_w,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                groups,
-                ..
-            } => Some(Conv2dGeom {
-                in_channels,
-                in_h,
-                in_w,
-                out_channels,
-                out_h,
-                out_w,
-                kernel_h: kernel[0],
-                kernel_w: kernel[1],
-                stride_h: stride[0],
-                stride_w: stride[1],
-                pad_top: padding[0],
-                pad_left: padding[1],
-                dilation_h: dilation[0],
-                dilation_w: dilation[1],
-                groups,
-            }),
-            _ => None,
-        }
-    }
-
     /// Elements of one input image (`C_in·H·W`).
     pub const fn in_len(&self) -> usize {
         self.in_channels * self.in_h * self.in_w
@@ -137,41 +97,6 @@ pub struct Pool2dGeom {
 }
 
 impl Pool2dGeom {
-    /// The geometry of a checked `Op::Pool2d` (max or average); `None` for any other op.
-    pub fn from_op(op: &Op) -> Option<Pool2dGeom> {
-        match *op {
-            Op::Pool2d {
-                channels,
-                in_h,
-                in_w,
-                out_h,
-                out_w,
-                kernel,
-                stride,
-                padding,
-                dilation,
-                count_include_pad,
-                ..
-            } => Some(Pool2dGeom {
-                channels,
-                in_h,
-                in_w,
-                out_h,
-                out_w,
-                kernel_h: kernel[0],
-                kernel_w: kernel[1],
-                stride_h: stride[0],
-                stride_w: stride[1],
-                pad_h: padding[0],
-                pad_w: padding[1],
-                dilation_h: dilation[0],
-                dilation_w: dilation[1],
-                count_include_pad,
-            }),
-            _ => None,
-        }
-    }
-
     /// Elements of one input image.
     pub const fn in_len(&self) -> usize {
         self.channels * self.in_h * self.in_w
@@ -213,55 +138,4 @@ pub struct BatchNormGeom {
     pub channels: usize,
     /// `H·W` per channel (1 for a feature vector).
     pub spatial: usize,
-}
-
-impl AdaptivePoolGeom {
-    /// The geometry of a checked `Op::AdaptiveAvgPool2d`; `None` for any other op.
-    pub fn from_op(op: &Op) -> Option<AdaptivePoolGeom> {
-        match *op {
-            Op::AdaptiveAvgPool2d {
-                channels,
-                in_h,
-                in_w,
-                out_h,
-                out_w,
-            } => Some(AdaptivePoolGeom {
-                channels,
-                in_h,
-                in_w,
-                out_h,
-                out_w,
-            }),
-            _ => None,
-        }
-    }
-}
-
-impl LinearGeom {
-    /// The geometry of a checked `Op::Linear`; `None` for any other op.
-    pub fn from_op(op: &Op) -> Option<LinearGeom> {
-        match *op {
-            Op::Linear {
-                in_features,
-                out_features,
-                ..
-            } => Some(LinearGeom {
-                in_features,
-                out_features,
-            }),
-            _ => None,
-        }
-    }
-}
-
-impl BatchNormGeom {
-    /// The geometry of a checked `Op::BatchNorm2d`; `None` for any other op.
-    pub fn from_op(op: &Op) -> Option<BatchNormGeom> {
-        match *op {
-            Op::BatchNorm2d {
-                channels, spatial, ..
-            } => Some(BatchNormGeom { channels, spatial }),
-            _ => None,
-        }
-    }
 }

@@ -10,7 +10,6 @@
 //! image-major after one conversion.
 
 use crate::buf::AlignedBuf;
-use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::init::{Rng, default_weights};
 use crate::kernels::{self, Activation as KAct, BatchNormParams, PackedConv};
 use crate::lanes::{self, LANES};
@@ -215,13 +214,13 @@ impl Executor {
         let kernels = plan
             .steps
             .iter()
-            .map(|s| match Conv2dGeom::from_op(&s.op) {
-                Some(g) => {
+            .map(|s| match &s.op {
+                Op::Conv2d { geom, .. } => {
                     let w = tensor(&weights, &plan, s, 0);
                     let b = s.params.get(1).map(|_| tensor(&weights, &plan, s, 1));
-                    Kernel::Conv(Box::new(PackedConv::new(&g, w, b, kact(s.fused))))
+                    Kernel::Conv(Box::new(PackedConv::new(geom, w, b, kact(s.fused))))
                 }
-                None => Kernel::Plain,
+                _ => Kernel::Plain,
             })
             .collect();
         let lane_end = lane_prefix(&plan);
@@ -311,8 +310,8 @@ impl Executor {
             self.lane_bufs[0].try_grow(most.saturating_mul(lb))?;
             self.lane_bufs[1].try_grow(most.saturating_mul(lb))?;
             for s in steps {
-                if let Some(g) = Conv2dGeom::from_op(&s.op) {
-                    need = need.max(lanes::conv2d_lanes_scratch_len(&g));
+                if let Op::Conv2d { geom, .. } = &s.op {
+                    need = need.max(lanes::conv2d_lanes_scratch_len(geom));
                 }
             }
         }
@@ -445,15 +444,12 @@ impl Executor {
     }
 }
 
-/// The plan's lane prefix ([`Plan::lane_prefix`]), if every convolution and pool in it has a
-/// geometry the lane kernels take (always so for a checked model).
+/// The plan's lane prefix ([`Plan::lane_prefix`]), if every convolution in it has a geometry
+/// the lane kernels take.
 fn lane_prefix(plan: &Plan) -> usize {
     let end = plan.lane_prefix();
-    let usable = plan.steps[..end].iter().all(|s| match s.op {
-        Op::Conv2d { .. } => {
-            Conv2dGeom::from_op(&s.op).is_some_and(|g| lanes::conv2d_lanes_usable(&g))
-        }
-        Op::Pool2d { .. } => Pool2dGeom::from_op(&s.op).is_some(),
+    let usable = plan.steps[..end].iter().all(|s| match &s.op {
+        Op::Conv2d { geom, .. } => lanes::conv2d_lanes_usable(geom),
         _ => true,
     });
     if usable { end } else { 0 }
@@ -492,17 +488,15 @@ impl<'a> LaneRun<'a> {
         let src = &src[..slots * self.len * LANES];
         let out = slots * step.out_len * LANES;
         match &step.op {
-            Op::Conv2d { .. } => {
-                let g = Conv2dGeom::from_op(&step.op).expect("lane prefix: conv geometry");
+            Op::Conv2d { geom: g, .. } => {
                 let w = tensor(weights, plan, step, 0);
                 let b = step.params.get(1).map(|_| tensor(weights, plan, step, 1));
                 let act = kact(step.fused);
-                lanes::conv2d_lanes(&g, slots, src, w, b, act, &mut dst[..out], scratch);
+                lanes::conv2d_lanes(g, slots, src, w, b, act, &mut dst[..out], scratch);
                 self.cur ^= 1;
             }
-            Op::Pool2d { .. } => {
-                let g = Pool2dGeom::from_op(&step.op).expect("lane prefix: pool geometry");
-                lanes::max_pool2d_lanes(&g, slots, src, &mut dst[..out]);
+            Op::Pool2d { geom: g, .. } => {
+                lanes::max_pool2d_lanes(g, slots, src, &mut dst[..out]);
                 self.cur ^= 1;
             }
             Op::Activation { act, .. } => {
@@ -579,25 +573,21 @@ fn run_step(
                 c.run(batch, s, dst, scratch);
             }
         }
-        Op::Pool2d { kind, .. } => {
-            let (Some(g), Some(s)) = (Pool2dGeom::from_op(&step.op), src) else {
-                return;
-            };
+        Op::Pool2d { kind, geom: g } => {
+            let Some(s) = src else { return };
             let s = &s[..g.in_len() * batch];
             match kind {
-                PoolKind::Max => kernels::max_pool2d(&g, batch, s, dst),
-                PoolKind::Avg => kernels::avg_pool2d(&g, batch, s, dst),
+                PoolKind::Max => kernels::max_pool2d(g, batch, s, dst),
+                PoolKind::Avg => kernels::avg_pool2d(g, batch, s, dst),
             }
         }
-        Op::AdaptiveAvgPool2d { .. } => {
-            let g = AdaptivePoolGeom::from_op(&step.op).expect("adaptive pool op");
+        Op::AdaptiveAvgPool2d(g) => {
             if let Some(s) = src {
                 let n_in = g.channels * g.in_h * g.in_w * batch;
-                kernels::adaptive_avg_pool2d(&g, batch, &s[..n_in], dst);
+                kernels::adaptive_avg_pool2d(g, batch, &s[..n_in], dst);
             }
         }
-        &Op::BatchNorm2d { eps, .. } => {
-            let g = BatchNormGeom::from_op(&step.op).expect("batchnorm op");
+        &Op::BatchNorm2d { eps, geom: g, .. } => {
             let params = BatchNormParams {
                 gamma: Some(p(0)),
                 beta: Some(p(1)),
@@ -622,15 +612,12 @@ fn run_step(
                 Activation::Gelu => kernels::gelu_inplace(dst),
             }
         }
-        &Op::Linear {
-            in_features, bias, ..
-        } => {
-            let g = LinearGeom::from_op(&step.op).expect("linear op");
+        &Op::Linear { geom: g, bias } => {
             if let Some(s) = src {
                 kernels::linear(
                     &g,
                     batch,
-                    &s[..in_features * batch],
+                    &s[..g.in_features * batch],
                     p(0),
                     bias.then(|| p(1)),
                     dst,

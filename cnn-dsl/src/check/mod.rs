@@ -5,6 +5,7 @@
 pub use cnn_ir::rules;
 
 use crate::diag::{Diagnostic, codes};
+use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::ir::{Attr, Dims, Layer, LayerKind, Model, PoolKind};
 use crate::span::{Span, Syntax};
 use rules::RuleError;
@@ -385,18 +386,26 @@ impl Checker<'_> {
                         "{} sets {cout} channels (out_channels = {cout})",
                         display_path(path)
                     );
+                    let [stride_h, stride_w] = c.stride.value.map(us);
+                    let [dilation_h, dilation_w] = c.dilation.value.map(us);
                     let op = Op::Conv2d {
-                        in_channels: us(cin),
-                        in_h: us(h),
-                        in_w: us(w),
-                        out_channels: us(cout),
-                        out_h: us(oh),
-                        out_w: us(ow),
-                        kernel: [us(kh), us(kw)],
-                        stride: c.stride.value.map(us),
-                        padding: [us(pads[0]), us(pads[1])],
-                        dilation: c.dilation.value.map(us),
-                        groups: us(g),
+                        geom: Conv2dGeom {
+                            in_channels: us(cin),
+                            in_h: us(h),
+                            in_w: us(w),
+                            out_channels: us(cout),
+                            out_h: us(oh),
+                            out_w: us(ow),
+                            kernel_h: us(kh),
+                            kernel_w: us(kw),
+                            stride_h,
+                            stride_w,
+                            pad_top: us(pads[0]),
+                            pad_left: us(pads[1]),
+                            dilation_h,
+                            dilation_w,
+                            groups: us(g),
+                        },
                         bias: c.bias,
                     };
                     (out, op, params, macs, o)
@@ -451,16 +460,22 @@ impl Checker<'_> {
                     ];
                     let op = Op::Pool2d {
                         kind: p.kind,
-                        channels: us(c),
-                        in_h: us(h),
-                        in_w: us(w),
-                        out_h: us(oh),
-                        out_w: us(ow),
-                        kernel: [us(kh), us(kw)],
-                        stride: [us(sh), us(sw)],
-                        padding: [us(ph), us(pw)],
-                        dilation: [us(dh), us(dw)],
-                        count_include_pad: p.count_include_pad,
+                        geom: Pool2dGeom {
+                            channels: us(c),
+                            in_h: us(h),
+                            in_w: us(w),
+                            out_h: us(oh),
+                            out_w: us(ow),
+                            kernel_h: us(kh),
+                            kernel_w: us(kw),
+                            stride_h: us(sh),
+                            stride_w: us(sw),
+                            pad_h: us(ph),
+                            pad_w: us(pw),
+                            dilation_h: us(dh),
+                            dilation_w: us(dw),
+                            count_include_pad: p.count_include_pad,
+                        },
                     };
                     (vec![c, oh, ow], op, 0, 0, o)
                 }
@@ -473,13 +488,13 @@ impl Checker<'_> {
                         format!("height {oh}: output_size of {desc}"),
                         format!("width {ow}: output_size of {desc}"),
                     ];
-                    let op = Op::AdaptiveAvgPool2d {
+                    let op = Op::AdaptiveAvgPool2d(AdaptivePoolGeom {
                         channels: us(c),
                         in_h: us(h),
                         in_w: us(w),
                         out_h: us(oh),
                         out_w: us(ow),
-                    };
+                    });
                     (vec![c, oh, ow], op, 0, 0, o)
                 }
                 LayerKind::BatchNorm2d(b) => {
@@ -512,8 +527,10 @@ impl Checker<'_> {
                     });
                     let spatial = tri!(rules::numel(&[h, w]), None);
                     let op = Op::BatchNorm2d {
-                        channels: cu,
-                        spatial: us(spatial),
+                        geom: BatchNormGeom {
+                            channels: cu,
+                            spatial: us(spatial),
+                        },
                         eps: b.eps as f32,
                         momentum: b.momentum as f32,
                     };
@@ -604,8 +621,10 @@ impl Checker<'_> {
                         display_path(path)
                     );
                     let op = Op::Linear {
-                        in_features: us(actual),
-                        out_features: us(out),
+                        geom: LinearGeom {
+                            in_features: us(actual),
+                            out_features: us(out),
+                        },
                         bias: l.bias,
                     };
                     (

@@ -22,7 +22,6 @@
 
 use crate::buf::{AlignedBuf, OutOfMemory};
 use crate::exec::{ExecError, init_weights, param_specs};
-use crate::geom::{AdaptivePoolGeom, BatchNormGeom, Conv2dGeom, LinearGeom, Pool2dGeom};
 use crate::grad::{self, DropoutRng};
 use crate::kernels::{self, Activation as KAct, BatchNormParams};
 use crate::lanes::{self, LANES};
@@ -231,6 +230,22 @@ impl Trainer {
                     step.path
                 )));
             }
+            // Weight (and bias) for conv/linear; weight, bias, mean, var for batch norm: each a
+            // different tensor, so their gradients can be borrowed together.
+            let need = match &step.op {
+                Op::Conv2d { bias, .. } | Op::Linear { bias, .. } => 1 + usize::from(*bias),
+                Op::BatchNorm2d { .. } => 4,
+                _ => 0,
+            };
+            let mut distinct = step.params.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if step.params.len() < need || distinct.len() != step.params.len() {
+                return Err(unsupported(format!(
+                    "step `{}` needs {need} distinct tensors, the plan gives {:?}",
+                    step.path, step.params
+                )));
+            }
             if let Op::Softmax { inner, .. } = step.op {
                 if inner != 1 {
                     return Err(unsupported(format!(
@@ -422,24 +437,22 @@ impl Trainer {
                     kind: PoolKind::Max,
                     ..
                 } => try_resize(&mut self.pool_idx[k], op.out_len.saturating_mul(nb), 0)?,
-                Op::BatchNorm2d { channels, .. } => {
-                    self.bn_mean[k].resize(*channels, 0.0);
-                    self.bn_inv_std[k].resize(*channels, 0.0);
+                Op::BatchNorm2d { geom, .. } => {
+                    self.bn_mean[k].resize(geom.channels, 0.0);
+                    self.bn_inv_std[k].resize(geom.channels, 0.0);
                 }
                 Op::Dropout { .. } => {
                     try_resize(&mut self.masks[k], op.out_len.saturating_mul(batch), 0)?
                 }
-                Op::Conv2d { .. } => {
-                    if let Some(g) = Conv2dGeom::from_op(&op.op) {
-                        let threads = self.pool.current_num_threads();
+                Op::Conv2d { geom: g, .. } => {
+                    let threads = self.pool.current_num_threads();
+                    scratch = scratch
+                        .max(grad::conv2d_backward_scratch_len(g, batch))
+                        .max(kernels::conv2d_scratch_len(g, batch, threads));
+                    if k < self.lane_end {
                         scratch = scratch
-                            .max(grad::conv2d_backward_scratch_len(&g, batch))
-                            .max(kernels::conv2d_scratch_len(&g, batch, threads));
-                        if k < self.lane_end {
-                            scratch = scratch
-                                .max(lanes::conv2d_lanes_scratch_len(&g))
-                                .max(grad::conv2d_backward_lanes_scratch_len(&g, slots));
-                        }
+                            .max(lanes::conv2d_lanes_scratch_len(g))
+                            .max(grad::conv2d_backward_lanes_scratch_len(g, slots));
                     }
                 }
                 _ => {}
@@ -631,42 +644,36 @@ impl Trainer {
             };
             let p = |j: usize| &tensors[op.params[j]][..];
             match &op.op {
-                Op::Conv2d { bias, .. } => {
-                    let g = Conv2dGeom::from_op(&op.op).expect("conv op");
+                Op::Conv2d { bias, geom: g } => {
                     let (w, b, act) = (p(0), bias.then(|| p(1)), kernel_act(op.fused));
                     if on_lanes {
-                        lanes::conv2d_lanes(&g, slots, src, w, b, act, dst, scratch);
+                        lanes::conv2d_lanes(g, slots, src, w, b, act, dst, scratch);
                     } else {
-                        kernels::conv2d_act(&g, batch, src, w, b, act, dst, scratch);
+                        kernels::conv2d_act(g, batch, src, w, b, act, dst, scratch);
                     }
                 }
-                Op::Pool2d { kind, .. } => {
-                    let g = Pool2dGeom::from_op(&op.op).expect("pool op");
+                Op::Pool2d { kind, geom: g } => {
                     // Argmax indices: allocated for max pools only.
                     let idx = &mut pool_idx[k];
                     match kind {
                         PoolKind::Max if on_lanes => {
                             let idx = &mut idx[..op.out_len * lb];
-                            lanes::max_pool2d_lanes_forward(&g, slots, src, dst, idx);
+                            lanes::max_pool2d_lanes_forward(g, slots, src, dst, idx);
                         }
                         PoolKind::Max if train => {
                             let idx = &mut idx[..op.out_len * batch];
-                            grad::max_pool2d_train_forward(&g, batch, src, dst, idx);
+                            grad::max_pool2d_train_forward(g, batch, src, dst, idx);
                         }
-                        PoolKind::Max => kernels::max_pool2d(&g, batch, src, dst),
-                        PoolKind::Avg => kernels::avg_pool2d(&g, batch, src, dst),
+                        PoolKind::Max => kernels::max_pool2d(g, batch, src, dst),
+                        PoolKind::Avg => kernels::avg_pool2d(g, batch, src, dst),
                     }
                 }
-                Op::AdaptiveAvgPool2d { .. } => {
-                    kernels::adaptive_avg_pool2d(
-                        &AdaptivePoolGeom::from_op(&op.op).expect("adaptive pool op"),
-                        batch,
-                        src,
-                        dst,
-                    );
-                }
-                &Op::BatchNorm2d { eps, momentum, .. } => {
-                    let g = BatchNormGeom::from_op(&op.op).expect("batchnorm op");
+                Op::AdaptiveAvgPool2d(g) => kernels::adaptive_avg_pool2d(g, batch, src, dst),
+                &Op::BatchNorm2d {
+                    eps,
+                    momentum,
+                    geom: g,
+                } => {
                     if train {
                         let idx = [op.params[0], op.params[1], op.params[2], op.params[3]];
                         let Ok([gamma, beta, mean, var]) = tensors.get_disjoint_mut(idx) else {
@@ -718,15 +725,8 @@ impl Trainer {
                     }
                 }
                 Op::Flatten { .. } => dst.copy_from_slice(src),
-                &Op::Linear { bias, .. } => {
-                    kernels::linear(
-                        &LinearGeom::from_op(&op.op).expect("linear op"),
-                        batch,
-                        src,
-                        p(0),
-                        bias.then(|| p(1)),
-                        dst,
-                    );
+                &Op::Linear { bias, geom: g } => {
+                    kernels::linear(&g, batch, src, p(0), bias.then(|| p(1)), dst);
                 }
                 &Op::Softmax {
                     log, outer, axis, ..
@@ -849,22 +849,21 @@ impl Trainer {
             let need_dx = k > 0;
             let d_in = &mut next[..op.in_len * nb];
             match &op.op {
-                Op::Conv2d { bias, .. } => {
-                    let g = Conv2dGeom::from_op(&op.op).expect("conv op");
+                Op::Conv2d { bias, geom: g } => {
                     let (w, b) = (op.params[0], op.params.get(1).copied());
                     let (gw, gb) = split_two(grads, w, b.filter(|_| *bias));
                     let (w, dx) = (&tensors[w][..], need_dx.then_some(d_in));
                     if on_lanes {
-                        grad::conv2d_backward_lanes(&g, slots, src, w, d_out, dx, gw, gb, scratch);
+                        grad::conv2d_backward_lanes(g, slots, src, w, d_out, dx, gw, gb, scratch);
                     } else {
-                        grad::conv2d_backward(&g, batch, src, w, d_out, dx, gw, gb, scratch);
+                        grad::conv2d_backward(g, batch, src, w, d_out, dx, gw, gb, scratch);
                     }
                 }
-                &Op::Linear { bias, .. } => {
+                &Op::Linear { bias, geom: g } => {
                     let (w, b) = (op.params[0], op.params.get(1).copied());
                     let (gw, gb) = split_two(grads, w, b.filter(|_| bias));
                     grad::linear_backward(
-                        &LinearGeom::from_op(&op.op).expect("linear op"),
+                        &g,
                         batch,
                         src,
                         &tensors[w],
@@ -874,15 +873,14 @@ impl Trainer {
                         gb,
                     );
                 }
-                Op::Pool2d { kind, .. } => {
+                Op::Pool2d { kind, geom: g } => {
                     if need_dx {
-                        let g = Pool2dGeom::from_op(&op.op).expect("pool op");
                         // ReLU (fused into the op before) then max pool: one pass.
                         let relu = ops[k - 1].fused == Some(Activation::Relu);
                         match kind {
                             PoolKind::Max if on_lanes => {
                                 lanes::max_pool2d_lanes_backward(
-                                    &g,
+                                    g,
                                     slots,
                                     &pool_idx[k][..op.out_len * lb],
                                     relu.then_some(out),
@@ -893,7 +891,7 @@ impl Trainer {
                             }
                             PoolKind::Max if relu => {
                                 grad::max_pool2d_relu_backward(
-                                    &g,
+                                    g,
                                     batch,
                                     &pool_idx[k][..op.out_len * batch],
                                     src,
@@ -903,32 +901,27 @@ impl Trainer {
                                 relu_applied = true;
                             }
                             PoolKind::Max => grad::max_pool2d_backward(
-                                &g,
+                                g,
                                 batch,
                                 &pool_idx[k][..op.out_len * batch],
                                 d_out,
                                 d_in,
                             ),
-                            PoolKind::Avg => grad::avg_pool2d_backward(&g, batch, d_out, d_in),
+                            PoolKind::Avg => grad::avg_pool2d_backward(g, batch, d_out, d_in),
                         }
                     }
                 }
-                Op::AdaptiveAvgPool2d { .. } => {
+                Op::AdaptiveAvgPool2d(g) => {
                     if need_dx {
-                        grad::adaptive_avg_pool2d_backward(
-                            &AdaptivePoolGeom::from_op(&op.op).expect("adaptive pool op"),
-                            batch,
-                            d_out,
-                            d_in,
-                        );
+                        grad::adaptive_avg_pool2d_backward(g, batch, d_out, d_in);
                     }
                 }
-                Op::BatchNorm2d { .. } => {
+                Op::BatchNorm2d { geom: g, .. } => {
                     let (w, b) = (op.params[0], op.params[1]);
                     let (gw, gb) = split_two(grads, w, Some(b));
                     let gb = gb.expect("batchnorm bias gradient");
                     grad::batch_norm2d_backward(
-                        &BatchNormGeom::from_op(&op.op).expect("batchnorm op"),
+                        g,
                         batch,
                         src,
                         &tensors[w],
@@ -1037,9 +1030,9 @@ fn lane_prefix(ops: &[Step]) -> usize {
     let mut convs = 0;
     for (k, op) in ops.iter().enumerate() {
         let ok = match &op.op {
-            Op::Conv2d { .. } => Conv2dGeom::from_op(&op.op).is_some_and(|g| {
-                lanes::conv2d_lanes_usable(&g) && (k == 0 || grad::lanes_input_grad_supported(&g))
-            }),
+            Op::Conv2d { geom: g, .. } => {
+                lanes::conv2d_lanes_usable(g) && (k == 0 || grad::lanes_input_grad_supported(g))
+            }
             Op::Pool2d {
                 kind: PoolKind::Max,
                 ..
