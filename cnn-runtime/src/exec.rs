@@ -112,6 +112,42 @@ fn fmt_shape(s: &[usize]) -> String {
         .join(", ")
 }
 
+/// Checks that `weights` hold every tensor of `specs` with its number of values: the one weights
+/// check of the executor, the trainer and generated code.
+pub fn check_weights_fit(weights: &Weights, specs: &[ParamSpec]) -> Result<(), ExecError> {
+    for s in specs {
+        let want = s.numel().unwrap_or(usize::MAX);
+        match weights.get(&s.name) {
+            Some(v) if v.len() == want => {}
+            Some(v) => {
+                return Err(ExecError::Weights {
+                    name: s.name.clone(),
+                    problem: format!("has {} values, expected {want} ({:?})", v.len(), s.shape),
+                });
+            }
+            None => {
+                return Err(ExecError::Weights {
+                    name: s.name.clone(),
+                    problem: "is missing".into(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A rayon pool of `threads` workers (0 = one per core), or why the OS refused it.
+pub fn thread_pool(threads: usize) -> Result<std::sync::Arc<rayon::ThreadPool>, ExecError> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map(std::sync::Arc::new)
+        .map_err(|e| ExecError::Threads {
+            threads,
+            message: e.to_string(),
+        })
+}
+
 /// The `state_dict` entries a plan needs, for [`crate::weights::load`].
 pub fn param_specs(plan: &Plan) -> Vec<ParamSpec> {
     plan.tensors
@@ -180,37 +216,8 @@ impl Executor {
     /// (0 = one per core).
     pub fn new(plan: Plan, weights: Weights, threads: usize) -> Result<Self, ExecError> {
         check_infer_plan(&plan)?;
-        for t in &plan.tensors {
-            match weights.get(&t.name) {
-                None => {
-                    return Err(ExecError::Weights {
-                        name: t.name.clone(),
-                        problem: "is missing".into(),
-                    });
-                }
-                Some(v) if v.len() != t.numel() => {
-                    return Err(ExecError::Weights {
-                        name: t.name.clone(),
-                        problem: format!(
-                            "has {} values, expected {} ({:?})",
-                            v.len(),
-                            t.numel(),
-                            t.shape
-                        ),
-                    });
-                }
-                Some(_) => {}
-            }
-        }
-        let pool = std::sync::Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(|e| ExecError::Threads {
-                    threads,
-                    message: e.to_string(),
-                })?,
-        );
+        check_weights_fit(&weights, &param_specs(&plan))?;
+        let pool = thread_pool(threads)?;
         let kernels = plan
             .steps
             .iter()

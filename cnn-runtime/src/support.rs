@@ -2,36 +2,15 @@
 
 pub use crate::buf::AlignedBuf;
 use crate::error::Error;
-use crate::weights::{ParamSpec, Weights, WeightsError};
+use crate::weights::{ParamSpec, Weights};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use std::borrow::Cow;
 use std::path::Path;
 
-/// Checks that `weights` hold exactly the tensors of `specs` with the right sizes.
+/// Checks that `weights` hold the tensors of `specs` with the right sizes
+/// ([`crate::exec::check_weights_fit`]).
 pub fn check_weights(weights: &Weights, specs: &[ParamSpec]) -> Result<(), Error> {
-    for s in specs {
-        let want = s.numel().unwrap_or(usize::MAX);
-        match weights.get(&s.name) {
-            Some(v) if v.len() == want => {}
-            Some(v) => {
-                return Err(WeightsError::WrongLength {
-                    name: s.name.clone(),
-                    shape: s.shape.clone(),
-                    expected: want,
-                    found: v.len(),
-                }
-                .into());
-            }
-            None => {
-                return Err(crate::exec::ExecError::Weights {
-                    name: s.name.clone(),
-                    problem: "is missing".into(),
-                }
-                .into());
-            }
-        }
-    }
-    Ok(())
+    Ok(crate::exec::check_weights_fit(weights, specs)?)
 }
 
 /// Loads a safetensors file against `specs`.

@@ -21,7 +21,7 @@
 //! deterministic; dropout masks come from a seeded generator).
 
 use crate::buf::{AlignedBuf, OutOfMemory};
-use crate::exec::{ExecError, init_weights, param_specs};
+use crate::exec::{ExecError, check_weights_fit, init_weights, param_specs, thread_pool};
 use crate::grad::{self, DropoutRng};
 use crate::kernels::{self, Activation as KAct, BatchNormParams};
 use crate::lanes::{self, LANES};
@@ -202,26 +202,16 @@ impl Trainer {
         }
         check_train_locs(&plan).map_err(unsupported)?;
         let specs = param_specs(&plan);
-        let mut tensors = Vec::with_capacity(specs.len());
-        for s in &specs {
-            match weights.get(&s.name) {
-                Some(v) if Some(v.len()) == s.numel() => tensors.push(v.to_vec()),
-                Some(v) => {
-                    return Err(ExecError::Weights {
-                        name: s.name.clone(),
-                        problem: format!("has {} values, expected {:?}", v.len(), s.shape),
-                    }
-                    .into());
-                }
-                None => {
-                    return Err(ExecError::Weights {
-                        name: s.name.clone(),
-                        problem: "is missing".into(),
-                    }
-                    .into());
-                }
-            }
-        }
+        check_weights_fit(weights, &specs)?;
+        let tensors: Vec<Vec<f32>> = specs
+            .iter()
+            .map(|s| {
+                weights
+                    .get(&s.name)
+                    .map(<[f32]>::to_vec)
+                    .unwrap_or_default()
+            })
+            .collect();
         let steps = &plan.steps;
         for (k, step) in steps.iter().enumerate() {
             if step.params.iter().any(|&t| t >= plan.tensors.len()) {
@@ -294,15 +284,7 @@ impl Trainer {
                 Ok(g)
             })
             .collect::<Result<_, TrainError>>()?;
-        let pool = std::sync::Arc::new(
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(|e| ExecError::Threads {
-                    threads,
-                    message: e.to_string(),
-                })?,
-        );
+        let pool = thread_pool(threads)?;
         let n = steps.len();
         let lane_end = lane_prefix(steps);
         Ok(Trainer {
