@@ -2,13 +2,18 @@
 //! anything is allocated (`cnnc` refuses a model over its `--max-memory` limit with the layer
 //! responsible). `tests/memory_estimate.rs` checks the estimate against a counting allocator.
 //!
-//! The estimate counts parameters (with gradients and optimizer state when training),
-//! activations for the batch (every layer's output when training, two ping-pong buffers for
-//! inference), the input batch and the largest convolution's unfolded input (scratch). It is
-//! computed in 128-bit integers, so absurd sizes cannot overflow it.
+//! The total comes from the runtime's own sizes for the model's plan
+//! ([`Executor::estimate_bytes`], [`Trainer::estimate_bytes`]: parameters, packed weights,
+//! gradients and optimizer state, the buffers and scratch the first call reserves) plus the
+//! input batch. The largest part named in messages comes from the checked layers. A first pass
+//! in 128-bit integers bounds it, so absurd sizes neither overflow nor reach the runtime's
+//! `usize` arithmetic: above 256 TiB that bound is the answer.
 
 use crate::dsl::CheckedModel;
 use crate::dsl::check::Op;
+use crate::dsl::plan::{Mode, plan};
+use crate::runtime::exec::Executor;
+use crate::runtime::train::Trainer;
 
 /// `MemAvailable` from `/proc/meminfo`, in bytes.
 pub fn available() -> Option<u64> {
@@ -68,6 +73,8 @@ pub enum Workload {
     Inference {
         /// Images per pass.
         batch: usize,
+        /// Worker threads (0 = one per core); convolution scratch grows with them.
+        threads: usize,
     },
     /// Training steps of `batch` images; the optimizer keeps `state` floats per parameter
     /// (Adam 2, SGD with momentum 1).
@@ -76,6 +83,8 @@ pub enum Workload {
         batch: usize,
         /// Optimizer state per parameter.
         state: u32,
+        /// Worker threads (0 = one per core).
+        threads: usize,
     },
 }
 
@@ -96,9 +105,9 @@ pub struct Estimate {
 pub fn estimate(model: &CheckedModel, work: Workload) -> Estimate {
     const F: u128 = 4;
     let (batch, param_copies, training) = match work {
-        Workload::Inference { batch } => (batch as u128, 1, false),
+        Workload::Inference { batch, .. } => (batch as u128, 1, false),
         // Weights, gradients and the optimizer's buffers.
-        Workload::Training { batch, state } => (batch as u128, 2 + u128::from(state), true),
+        Workload::Training { batch, state, .. } => (batch as u128, 2 + u128::from(state), true),
     };
     let mut total: u128 = 0;
     let mut largest = (0u128, String::new(), "weights");
@@ -141,6 +150,23 @@ pub fn estimate(model: &CheckedModel, work: Workload) -> Estimate {
         // Inference activations live in the ping-pong buffers, sized by the widest layer.
         largest = (buffers, widest, "activations");
     }
+    // The runtime's own sizes, once the bound above shows they fit its arithmetic, plus 1/8 and
+    // 64 KiB for what they leave out (tensor names, maps, the thread pool, allocator rounding,
+    // a step's small temporaries).
+    if total < 1 << 48 {
+        let inputs = input * batch * F;
+        let sized = match work {
+            Workload::Inference { batch, threads } => {
+                Executor::estimate_bytes(&plan(model, Mode::Infer), batch, threads) + inputs
+            }
+            Workload::Training {
+                batch,
+                state,
+                threads,
+            } => Trainer::estimate_bytes(&plan(model, Mode::Train), batch, threads, state) + inputs,
+        };
+        total = sized + sized / 8 + (64 << 10);
+    }
     Estimate {
         total,
         layer: largest.1,
@@ -178,7 +204,13 @@ mod tests {
         let m = model(
             "model Huge(input = [1, 28, 28]) { conv2d(out_channels = 4096, kernel_size = 3, padding = 1), flatten, out: linear(out_features = 100000) }",
         );
-        let e = estimate(&m, Workload::Inference { batch: 1 });
+        let e = estimate(
+            &m,
+            Workload::Inference {
+                batch: 1,
+                threads: 1,
+            },
+        );
         assert_eq!((e.layer.as_str(), e.what), ("out", "weights"));
         // 4096·28·28 inputs × 100,000 outputs, plus biases, in f32.
         assert_eq!(e.bytes, (4096 * 784 * 100_000 + 100_000) * 4);
@@ -188,6 +220,7 @@ mod tests {
             Workload::Training {
                 batch: 64,
                 state: 2,
+                threads: 1,
             },
         );
         assert_eq!(
@@ -207,6 +240,7 @@ mod tests {
             Workload::Training {
                 batch: 64,
                 state: 2,
+                threads: 1,
             },
         );
         assert_eq!(e.layer, "wide");
@@ -217,6 +251,7 @@ mod tests {
             Workload::Training {
                 batch: 64,
                 state: 2,
+                threads: 1,
             },
         );
         assert!(s.total < 100 << 20, "{}", human(s.total));

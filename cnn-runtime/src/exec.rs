@@ -292,39 +292,43 @@ impl Executor {
         if batch <= self.capacity {
             return Ok(());
         }
-        let n = self
-            .plan
-            .buffer_len
-            .max(self.plan.output_len())
-            .saturating_mul(batch);
-        self.bufs[0].try_grow(n)?;
-        self.bufs[1].try_grow(n)?;
-        let threads = self.threads();
-        let scratch = self.kernels.iter().map(|k| match k {
-            Kernel::Conv(c) => c.scratch_len(batch, threads),
-            Kernel::Plain => 0,
-        });
-        let mut need = scratch.max().unwrap_or(0);
-        if self.lane_end > 0 && batch >= LANES {
-            let lb = lanes::lane_slots(batch) * LANES;
-            let steps = &self.plan.steps[..self.lane_end];
-            let most = steps
-                .iter()
-                .map(|s| s.out_len)
-                .chain([self.plan.input_len()])
-                .max()
-                .unwrap_or(0);
-            self.lane_bufs[0].try_grow(most.saturating_mul(lb))?;
-            self.lane_bufs[1].try_grow(most.saturating_mul(lb))?;
-            for s in steps {
-                if let Op::Conv2d { geom, .. } = &s.op {
-                    need = need.max(lanes::conv2d_lanes_scratch_len(geom));
-                }
-            }
-        }
-        self.scratch.try_grow(need)?;
+        let n = InferNeeds::of(&self.plan, self.lane_end, batch, self.threads());
+        self.bufs[0].try_grow(n.buf)?;
+        self.bufs[1].try_grow(n.buf)?;
+        self.lane_bufs[0].try_grow(n.lane_buf)?;
+        self.lane_bufs[1].try_grow(n.lane_buf)?;
+        self.scratch.try_grow(n.scratch)?;
         self.capacity = batch;
         Ok(())
+    }
+
+    /// Heap bytes an executor of `plan` holds once it has run `batch` images with `threads`
+    /// workers (0 = one per core): weights, packed convolution weights, buffers and scratch —
+    /// what [`Executor::reserve`] allocates, computed without allocating. For memory checks
+    /// before building one.
+    pub fn estimate_bytes(plan: &Plan, batch: usize, threads: usize) -> u128 {
+        let threads = resolve_threads(threads);
+        let weights: u128 = plan.tensors.iter().map(|t| t.numel() as u128).sum();
+        let packed: u128 = plan
+            .steps
+            .iter()
+            .map(|s| match &s.op {
+                Op::Conv2d { geom, .. } => PackedConv::len_for(geom) as u128,
+                _ => 0,
+            })
+            .sum();
+        let gemm = plan
+            .steps
+            .iter()
+            .map(|s| match &s.op {
+                Op::Linear { geom, .. } => kernels::linear_gemm_bytes(geom, batch, threads),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let n = InferNeeds::of(plan, lane_prefix(plan), batch, threads);
+        4 * (weights + packed + 2 * n.buf as u128 + 2 * n.lane_buf as u128 + n.scratch as u128)
+            + gemm
     }
 
     /// Runs `batch` images (`input` is `[batch, …input_shape]`, flat) and returns the outputs,
@@ -448,6 +452,62 @@ impl Executor {
             found: vec![e.to_string().len()],
             expected: vec![],
         })
+    }
+}
+
+/// What [`Executor::reserve`] allocates for `batch` images, in floats.
+struct InferNeeds {
+    /// Each ping-pong buffer.
+    buf: usize,
+    /// Each lane buffer (0 without the lane path).
+    lane_buf: usize,
+    /// The shared scratch.
+    scratch: usize,
+}
+
+impl InferNeeds {
+    fn of(plan: &Plan, lane_end: usize, batch: usize, threads: usize) -> InferNeeds {
+        let buf = plan.buffer_len.max(plan.output_len()).saturating_mul(batch);
+        let mut scratch = plan
+            .steps
+            .iter()
+            .map(|s| match &s.op {
+                Op::Conv2d { geom, .. } => PackedConv::scratch_len_for(geom, batch, threads),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut lane_buf = 0;
+        if lane_end > 0 && batch >= LANES {
+            let lb = lanes::lane_slots(batch) * LANES;
+            let steps = &plan.steps[..lane_end];
+            let most = steps
+                .iter()
+                .map(|s| s.out_len)
+                .chain([plan.input_len()])
+                .max()
+                .unwrap_or(0);
+            lane_buf = most.saturating_mul(lb);
+            for s in steps {
+                if let Op::Conv2d { geom, .. } = &s.op {
+                    scratch = scratch.max(lanes::conv2d_lanes_scratch_len(geom));
+                }
+            }
+        }
+        InferNeeds {
+            buf,
+            lane_buf,
+            scratch,
+        }
+    }
+}
+
+/// `threads`, with 0 meaning one per core (as rayon counts them).
+pub(crate) fn resolve_threads(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(1, usize::from)
     }
 }
 

@@ -101,6 +101,16 @@ impl PackedConv {
         }
     }
 
+    /// Floats a `PackedConv` for `geom` holds (packed weights and bias), for memory estimates.
+    pub fn len_for(geom: &Conv2dGeom) -> usize {
+        packed_len(geom) + geom.out_channels
+    }
+
+    /// [`PackedConv::scratch_len`] before the convolution exists, for memory estimates.
+    pub fn scratch_len_for(geom: &Conv2dGeom, batch: usize, threads: usize) -> usize {
+        run_scratch_len(geom, batch, threads)
+    }
+
     /// The geometry this convolution was built for.
     pub fn geom(&self) -> &Conv2dGeom {
         &self.geom

@@ -30,6 +30,40 @@ const PAR_TASK_MACS: usize = 1 << 17;
 /// Images per block of the dot-product kernels.
 const NB: usize = 4;
 
+/// An upper bound of the bytes `gemm` allocates for one [`linear`] call of `batch` images with
+/// `threads` workers, for memory estimates: 0 for the dot-product path and for one image
+/// (`gemm`'s matrix-vector path, measured not to allocate); otherwise a slab of the L2 cache's
+/// size per thread (`gemm` keeps it thread-local) and its packing buffers for the right-hand
+/// side and the left-hand side, at most 512 rows of the shared dimension each.
+pub fn gemm_bytes(g: &LinearGeom, batch: usize, threads: usize) -> u128 {
+    if g.out_features <= DOT_MAX_OUT || batch <= 1 {
+        return 0;
+    }
+    let kc = g.in_features.min(512) as u128;
+    let rows = g.out_features as u128 + batch.next_multiple_of(16) as u128;
+    threads.max(1) as u128 * l2_cache_bytes() + 4 * kc * rows
+}
+
+/// The L2 cache size `gemm` sizes its slab by, as Linux reports it; 2 MiB where it cannot be
+/// read (larger than most L2 caches, so the estimate errs high).
+fn l2_cache_bytes() -> u128 {
+    std::fs::read_to_string("/sys/devices/system/cpu/cpu0/cache/index2/size")
+        .ok()
+        .and_then(|s| {
+            let s = s.trim();
+            let (num, scale) = match s.strip_suffix('K') {
+                Some(n) => (n, 1 << 10),
+                None => match s.strip_suffix('M') {
+                    Some(n) => (n, 1 << 20),
+                    None => (s, 1),
+                },
+            };
+            num.parse::<u128>().ok().map(|n| n * scale)
+        })
+        .filter(|&b| b > 0 && b <= 1 << 30)
+        .unwrap_or(2 << 20)
+}
+
 /// `nn.Linear` forward: `y = x · Wᵀ + bias` with `x` `[batch, in]`, `w` `[out, in]` (PyTorch
 /// layout, no transpose needed), `bias` `[out]`, `y` `[batch, out]` (overwritten).
 ///

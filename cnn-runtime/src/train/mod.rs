@@ -388,64 +388,48 @@ impl Trainer {
         if batch <= self.capacity {
             return Ok(());
         }
-        self.input
-            .try_grow(self.plan.input_len().saturating_mul(batch))?;
-        // Room for the lane path's rounded-up batch in the buffers it uses.
-        let lb = if self.lane_end > 0 {
-            lanes::lane_slots(batch) * LANES
-        } else {
-            batch
-        };
-        let slots = lb / LANES;
-        if self.lane_end > 0 {
-            self.in_lanes
-                .try_grow(self.plan.input_len().saturating_mul(lb))?;
-            self.last_lanes.try_grow(
-                self.plan.steps[self.lane_end - 1]
-                    .out_len
-                    .saturating_mul(lb),
-            )?;
-        }
-        let mut dmax = self.plan.input_len();
-        let mut scratch = 0;
-        for (k, op) in self.plan.steps.iter().enumerate() {
-            let nb = if k < self.lane_end { lb } else { batch };
-            if !elided(&self.plan.steps, k) {
-                self.outs[k].try_grow(op.out_len.saturating_mul(nb))?;
+        let threads = self.pool.current_num_threads();
+        let n = TrainNeeds::of(&self.plan, self.lane_end, batch, threads);
+        self.input.try_grow(n.input)?;
+        self.in_lanes.try_grow(n.in_lanes)?;
+        self.last_lanes.try_grow(n.last_lanes)?;
+        for k in 0..self.plan.steps.len() {
+            self.outs[k].try_grow(n.outs[k])?;
+            if n.pool_idx[k] > 0 {
+                try_resize(&mut self.pool_idx[k], n.pool_idx[k], 0)?;
             }
-            dmax = dmax.max(op.out_len).max(op.in_len);
-            match &op.op {
-                Op::Pool2d {
-                    kind: PoolKind::Max,
-                    ..
-                } => try_resize(&mut self.pool_idx[k], op.out_len.saturating_mul(nb), 0)?,
-                Op::BatchNorm2d { geom, .. } => {
-                    self.bn_mean[k].resize(geom.channels, 0.0);
-                    self.bn_inv_std[k].resize(geom.channels, 0.0);
-                }
-                Op::Dropout { .. } => {
-                    try_resize(&mut self.masks[k], op.out_len.saturating_mul(batch), 0)?
-                }
-                Op::Conv2d { geom: g, .. } => {
-                    let threads = self.pool.current_num_threads();
-                    scratch = scratch
-                        .max(grad::conv2d_backward_scratch_len(g, batch))
-                        .max(kernels::conv2d_scratch_len(g, batch, threads));
-                    if k < self.lane_end {
-                        scratch = scratch
-                            .max(lanes::conv2d_lanes_scratch_len(g))
-                            .max(grad::conv2d_backward_lanes_scratch_len(g, slots));
-                    }
-                }
-                _ => {}
+            if n.bn[k] > 0 {
+                try_resize(&mut self.bn_mean[k], n.bn[k], 0.0)?;
+                try_resize(&mut self.bn_inv_std[k], n.bn[k], 0.0)?;
+            }
+            if n.masks[k] > 0 {
+                try_resize(&mut self.masks[k], n.masks[k], 0)?;
             }
         }
         for d in &mut self.dbuf {
-            d.try_grow(dmax.saturating_mul(lb))?;
+            d.try_grow(n.dbuf)?;
         }
-        self.scratch.try_grow(scratch)?;
+        self.scratch.try_grow(n.scratch)?;
         self.capacity = batch;
         Ok(())
+    }
+
+    /// Heap bytes a trainer of `plan` (a training plan) holds once it has taken a step of
+    /// `batch` images with `threads` workers (0 = one per core) and an optimizer keeping
+    /// `optimizer_state` floats per trainable parameter (Adam 2, SGD with momentum 1): the
+    /// parameters twice (the trainer's copy and the weights it starts from), gradients,
+    /// optimizer state, and what [`Trainer::train_step`] reserves — computed without allocating.
+    pub fn estimate_bytes(plan: &Plan, batch: usize, threads: usize, optimizer_state: u32) -> u128 {
+        let threads = crate::exec::resolve_threads(threads);
+        let all: u128 = plan.tensors.iter().map(|t| t.numel() as u128).sum();
+        let trainable: u128 = plan
+            .tensors
+            .iter()
+            .filter(|t| t.role.trainable())
+            .map(|t| t.numel() as u128)
+            .sum();
+        let params = 2 * all + trainable * (1 + u128::from(optimizer_state));
+        4 * params + TrainNeeds::of(plan, lane_prefix(&plan.steps), batch, threads).bytes()
     }
 
     fn check_batch(&self, images: &[f32], labels: &[usize]) -> Result<usize, TrainError> {
@@ -1001,6 +985,99 @@ fn fused_backward(
         Some(Activation::Relu) => grad::relu_backward_inplace(out, d_out),
         Some(Activation::LeakyRelu(s)) => grad::leaky_relu_backward_inplace(out, s, d_out),
         _ => {}
+    }
+}
+
+/// What [`Trainer`]'s `reserve` allocates for `batch` images, in elements (per step where a
+/// vector).
+struct TrainNeeds {
+    input: usize,
+    in_lanes: usize,
+    last_lanes: usize,
+    /// Each step's output (0 for a flatten that writes nothing).
+    outs: Vec<usize>,
+    /// Argmax indices (`u32`) of each max pool.
+    pool_idx: Vec<usize>,
+    /// Batch-norm channels (mean and inverse std each).
+    bn: Vec<usize>,
+    /// Dropout masks (bytes).
+    masks: Vec<usize>,
+    /// Each of the two gradient buffers.
+    dbuf: usize,
+    scratch: usize,
+}
+
+impl TrainNeeds {
+    fn of(plan: &Plan, lane_end: usize, batch: usize, threads: usize) -> TrainNeeds {
+        let steps = &plan.steps;
+        let n = steps.len();
+        // Room for the lane path's rounded-up batch in the buffers it uses.
+        let lb = if lane_end > 0 {
+            lanes::lane_slots(batch) * LANES
+        } else {
+            batch
+        };
+        let slots = lb / LANES;
+        let mut t = TrainNeeds {
+            input: plan.input_len().saturating_mul(batch),
+            in_lanes: 0,
+            last_lanes: 0,
+            outs: vec![0; n],
+            pool_idx: vec![0; n],
+            bn: vec![0; n],
+            masks: vec![0; n],
+            dbuf: 0,
+            scratch: 0,
+        };
+        if lane_end > 0 {
+            t.in_lanes = plan.input_len().saturating_mul(lb);
+            t.last_lanes = steps[lane_end - 1].out_len.saturating_mul(lb);
+        }
+        let mut dmax = plan.input_len();
+        for (k, op) in steps.iter().enumerate() {
+            let nb = if k < lane_end { lb } else { batch };
+            if !elided(steps, k) {
+                t.outs[k] = op.out_len.saturating_mul(nb);
+            }
+            dmax = dmax.max(op.out_len).max(op.in_len);
+            match &op.op {
+                Op::Pool2d {
+                    kind: PoolKind::Max,
+                    ..
+                } => t.pool_idx[k] = op.out_len.saturating_mul(nb),
+                Op::BatchNorm2d { geom, .. } => t.bn[k] = geom.channels,
+                Op::Dropout { .. } => t.masks[k] = op.out_len.saturating_mul(batch),
+                Op::Conv2d { geom: g, .. } => {
+                    t.scratch = t
+                        .scratch
+                        .max(grad::conv2d_backward_scratch_len(g, batch))
+                        .max(kernels::conv2d_scratch_len(g, batch, threads));
+                    if k < lane_end {
+                        t.scratch = t
+                            .scratch
+                            .max(lanes::conv2d_lanes_scratch_len(g))
+                            .max(grad::conv2d_backward_lanes_scratch_len(g, slots));
+                    }
+                }
+                _ => {}
+            }
+        }
+        t.dbuf = dmax.saturating_mul(lb);
+        t
+    }
+
+    /// Bytes in all.
+    fn bytes(&self) -> u128 {
+        let sum = |v: &[usize]| v.iter().map(|&x| x as u128).sum::<u128>();
+        4 * (self.input as u128
+            + self.in_lanes as u128
+            + self.last_lanes as u128
+            + sum(&self.outs)
+            + sum(&self.pool_idx)
+            + 2 * sum(&self.bn)
+            + 2 * self.dbuf as u128
+            + self.scratch as u128)
+            + sum(&self.masks)
     }
 }
 

@@ -36,7 +36,7 @@ pub fn check(model: &CheckedModel, work: Workload) -> anyhow::Result<()> {
         return Ok(());
     }
     let batch = match work {
-        Workload::Inference { batch } | Workload::Training { batch, .. } => batch,
+        Workload::Inference { batch, .. } | Workload::Training { batch, .. } => batch,
     };
     let (verb, fix) = match work {
         Workload::Inference { .. } => ("run", "a smaller layer or batch"),

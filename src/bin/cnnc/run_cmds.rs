@@ -122,7 +122,13 @@ fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
     }
     let p = plan(model, Mode::Infer);
     // Before the weights are read or initialised: a model too large for one image.
-    crate::memory::check(model, crate::memory::Workload::Inference { batch: 1 })?;
+    crate::memory::check(
+        model,
+        crate::memory::Workload::Inference {
+            batch: 1,
+            threads: a.threads,
+        },
+    )?;
     let w = load_weights(&p, a.weights, a.init)?;
     let lower = a.input.to_ascii_lowercase();
     let is_image = [".png", ".jpg", ".jpeg"].iter().any(|e| lower.ends_with(e));
@@ -188,7 +194,13 @@ fn run_inner(a: &RunArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
         }
         (flat, batch)
     };
-    crate::memory::check(model, crate::memory::Workload::Inference { batch })?;
+    crate::memory::check(
+        model,
+        crate::memory::Workload::Inference {
+            batch,
+            threads: a.threads,
+        },
+    )?;
     let mut exec = Executor::new(p.clone(), w, a.threads)?;
     let out = exec.forward(&data, batch)?.to_vec();
     let olen = p.output_len();
@@ -285,9 +297,13 @@ fn bench_inner(a: &BenchArgs<'_>, model: &CheckedModel) -> anyhow::Result<()> {
         Workload::Training {
             batch: a.batch,
             state: crate::train_cmds::optimizer_state(a.optimizer, 0.0),
+            threads: a.threads,
         }
     } else {
-        Workload::Inference { batch: a.batch }
+        Workload::Inference {
+            batch: a.batch,
+            threads: a.threads,
+        }
     };
     crate::memory::check(model, mode)?;
     let p = plan(model, Mode::Infer);

@@ -112,6 +112,7 @@ impl TrainOpts {
         crate::memory::Workload::Training {
             batch: self.batch.min(data.train.len()).max(1),
             state: optimizer_state(self.optimizer, self.momentum),
+            threads: self.threads,
         }
     }
 
@@ -621,6 +622,7 @@ fn eval_inner(
         crate::memory::Workload::Training {
             batch: EVAL_BATCH,
             state: 0,
+            threads,
         },
     )?;
     let plan = cnn::dsl::plan::plan(model, cnn::dsl::plan::Mode::Infer);
