@@ -48,6 +48,9 @@ pub enum InitError {
         /// Requested group count.
         groups: usize,
     },
+    /// The memory for a tensor could not be allocated.
+    #[error(transparent)]
+    OutOfMemory(#[from] crate::buf::OutOfMemory),
     /// `(in_channels / groups) · kH · kW` does not fit in `usize`.
     #[error("fan_in overflows: (in_channels / groups) * kernel_h * kernel_w is too large")]
     Overflow,
@@ -237,7 +240,7 @@ pub fn default_bound(fan_in: usize) -> Result<f32, InitError> {
 /// U(−1/√fan_in, 1/√fan_in).
 pub fn kaiming_uniform(rng: &mut Rng, len: usize, fan_in: usize) -> Result<Vec<f32>, InitError> {
     let bound = default_bound(fan_in)?;
-    let mut w = vec![0.0; len];
+    let mut w = filled(len, 0.0)?;
     rng.fill_uniform(&mut w, -bound, bound);
     Ok(w)
 }
@@ -246,6 +249,15 @@ pub fn kaiming_uniform(rng: &mut Rng, len: usize, fan_in: usize) -> Result<Vec<f
 /// weight's `fan_in`.
 pub fn default_bias(rng: &mut Rng, len: usize, fan_in: usize) -> Result<Vec<f32>, InitError> {
     kaiming_uniform(rng, len, fan_in)
+}
+
+/// `len` copies of `value`, or an error instead of an allocation abort.
+fn filled(len: usize, value: f32) -> Result<Vec<f32>, InitError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| crate::buf::OutOfMemory { floats: len })?;
+    v.resize(len, value);
+    Ok(v)
 }
 
 /// `BatchNorm` weight (γ): ones.
@@ -310,7 +322,7 @@ pub fn default_weights(
         let v = match spec.kind {
             ParamKind::Weight => match fan_in_of(&spec.name, &spec.shape)? {
                 Some(fan_in) => kaiming_uniform(rng, len, fan_in)?,
-                None => vec![1.0; len],
+                None => filled(len, 1.0)?,
             },
             ParamKind::Bias => {
                 let module = spec.name.strip_suffix("bias").unwrap_or(&spec.name);
@@ -326,11 +338,11 @@ pub fn default_weights(
                     })?;
                 match fan_in_of(&weight.name, &weight.shape)? {
                     Some(fan_in) => default_bias(rng, len, fan_in)?,
-                    None => vec![0.0; len],
+                    None => filled(len, 0.0)?,
                 }
             }
-            ParamKind::RunningMean | ParamKind::NumBatchesTracked => vec![0.0; len],
-            ParamKind::RunningVar => vec![1.0; len],
+            ParamKind::RunningMean | ParamKind::NumBatchesTracked => filled(len, 0.0)?,
+            ParamKind::RunningVar => filled(len, 1.0)?,
         };
         values.push(v);
     }
@@ -343,6 +355,13 @@ pub fn default_weights(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_impossible_tensor_is_an_error_not_an_abort() {
+        let e = kaiming_uniform(&mut Rng::seed_from_u64(1), usize::MAX / 2, 25).unwrap_err();
+        assert!(matches!(e, InitError::OutOfMemory(_)), "{e}");
+        assert!(e.to_string().contains("cannot allocate"), "{e}");
+    }
 
     #[test]
     fn splitmix64_matches_reference_vector() {
