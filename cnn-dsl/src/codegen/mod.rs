@@ -14,6 +14,8 @@ use crate::plan::{Loc, Mode, Plan, plan};
 use proc_macro2::{Ident, Literal, Span, TokenStream};
 use quote::{format_ident, quote};
 
+mod steps;
+
 /// Options for the emitted code.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -377,7 +379,7 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
     let param_count = lit(param_count);
 
     // Parameter tensors: one field each, named after the state_dict key.
-    let tfield = |i: usize| format_ident!("t{}", i);
+    let tfield = steps::tfield;
     let tensor_names: Vec<&str> = p.tensors.iter().map(|t| t.name.as_str()).collect();
     let tensor_shapes: Vec<TokenStream> = p
         .tensors
@@ -403,192 +405,25 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
         .collect();
     let n_tensors = lit(p.tensors.len());
 
-    let mut consts = Vec::new();
-    let mut conv_fields = Vec::new();
-    let mut conv_inits = Vec::new();
-    let mut conv_scratch = Vec::new();
-    let mut body = Vec::new();
     // The lane path of the leading steps (see `Plan::lane_prefix`): `lane_body` runs them on
-    // the two lane buffers `l0`/`l1` (`lcur` holds the current activation), for batches that
-    // fill slots of 16; `body[..lane_end]` stays the image-major path for the others.
+    // the two lane buffers `l0`/`l1`, for batches that fill slots of 16; `body[..lane_end]`
+    // stays the image-major path for the others.
     let lane_end = p.lane_prefix();
-    let mut lane_body = Vec::new();
-    let mut lane_scratch = Vec::new();
-    let mut lcur = 0usize;
-    let lbuf = |k: usize| if k == 0 { quote!(l0) } else { quote!(l1) };
+    let mut emitted = steps::Steps::new(rt.clone());
     for (i, s) in p.steps.iter().enumerate() {
-        let in_lanes = i < lane_end;
-        let g = format_ident!("G{}", i);
-        let n_out = lit(s.out_len);
-        let path_doc = format!("step {i}: {}", s.path);
-        // Source and destination slices.
-        let (src, dst, in_place) = match (s.src, s.dst) {
-            (Loc::Input, Loc::Buf(0)) => (quote!(x), quote!(b0), false),
-            (Loc::Input, _) => (quote!(x), quote!(b1), false),
-            (Loc::Buf(0), Loc::Buf(1)) => (quote!(b0), quote!(b1), false),
-            (Loc::Buf(1), Loc::Buf(0)) => (quote!(b1), quote!(b0), false),
-            (Loc::Buf(0), _) => (quote!(b0), quote!(b0), true),
-            (_, _) => (quote!(b1), quote!(b1), true),
-        };
-        let copy_in = |src: &TokenStream, dst: &TokenStream| {
-            if in_place {
-                quote!()
-            } else {
-                quote!(#dst[..#n_out * batch].copy_from_slice(&#src[..#n_out * batch]);)
-            }
-        };
-        let t = |j: usize| tfield(s.params[j]);
-        match &s.op {
-            Op::Conv2d { bias, geom: cg } => {
-                let f = format_ident!("conv{}", i);
-                let geom = conv_geom_tokens(rt, cg);
-                consts.push(quote! {
-                    #[doc = #path_doc]
-                    const #g: #rt::Conv2dGeom = #geom;
-                });
-                let act = act_tokens(rt, s.fused);
-                let w = t(0);
-                let b = if *bias {
-                    let bf = t(1);
-                    quote!(Some(&tensors.#bf[..]))
-                } else {
-                    quote!(None)
-                };
-                conv_fields.push(quote!(#f: #rt::PackedConv));
-                conv_inits.push(quote!(#f: #rt::PackedConv::new(&Self::#g, &tensors.#w, #b, #act)));
-                conv_scratch.push(quote!(self.convs.#f.scratch_len(batch, threads)));
-                let n_in = lit(cg.in_len());
-                body.push(quote! {
-                    convs.#f.run(batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch], scratch);
-                });
-                if in_lanes {
-                    let (ls, ld) = (lbuf(lcur), lbuf(1 - lcur));
-                    lane_scratch.push(quote!(#rt::lanes::conv2d_lanes_scratch_len(&Self::#g)));
-                    lane_body.push(quote! {
-                        #rt::lanes::conv2d_lanes(&Self::#g, slots, &#ls[..#n_in * lb], &tensors.#w, #b, #act, &mut #ld[..#n_out * lb], scratch);
-                    });
-                    lcur = 1 - lcur;
-                }
-            }
-            Op::Pool2d { kind, geom: pg } => {
-                let geom = pool_geom_tokens(rt, pg);
-                consts.push(quote! {
-                    #[doc = #path_doc]
-                    const #g: #rt::Pool2dGeom = #geom;
-                });
-                let f = if *kind == PoolKind::Max {
-                    quote!(max_pool2d)
-                } else {
-                    quote!(avg_pool2d)
-                };
-                let n_in = lit(pg.in_len());
-                body.push(quote! {
-                    #rt::kernels::#f(&Self::#g, batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch]);
-                });
-                if in_lanes {
-                    let (ls, ld) = (lbuf(lcur), lbuf(1 - lcur));
-                    lane_body.push(quote! {
-                        #rt::lanes::max_pool2d_lanes(&Self::#g, slots, &#ls[..#n_in * lb], &mut #ld[..#n_out * lb]);
-                    });
-                    lcur = 1 - lcur;
-                }
-            }
-            Op::AdaptiveAvgPool2d(ag) => {
-                let geom = adaptive_geom_tokens(rt, ag);
-                consts.push(quote! {
-                    #[doc = #path_doc]
-                    const #g: #rt::AdaptivePoolGeom = #geom;
-                });
-                let n_in = lit(ag.channels * ag.in_h * ag.in_w);
-                body.push(quote! {
-                    #rt::kernels::adaptive_avg_pool2d(&Self::#g, batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch]);
-                });
-            }
-            Op::BatchNorm2d { eps, geom: bg, .. } => {
-                let geom = batch_norm_geom_tokens(rt, bg);
-                let eps = f32_tokens(*eps);
-                consts.push(quote! {
-                    #[doc = #path_doc]
-                    const #g: #rt::BatchNormGeom = #geom;
-                });
-                let (w, b, m, v) = (t(0), t(1), t(2), t(3));
-                let copy = copy_in(&src, &dst);
-                body.push(quote! {
-                    #copy
-                    #rt::kernels::batch_norm2d_inplace(&Self::#g, batch, &mut #dst[..#n_out * batch], &#rt::kernels::BatchNormParams {
-                        mean: &tensors.#m, var: &tensors.#v, gamma: Some(&tensors.#w), beta: Some(&tensors.#b), eps: #eps,
-                    });
-                });
-            }
-            Op::Activation { act, .. } => {
-                let copy = copy_in(&src, &dst);
-                let act_call = |buf: &TokenStream, n: TokenStream| match act {
-                    Activation::Relu => quote!(#rt::kernels::relu_inplace(&mut #buf[..#n])),
-                    Activation::LeakyRelu(a) => {
-                        let a = Literal::f32_suffixed(*a);
-                        quote!(#rt::kernels::leaky_relu_inplace(#a, &mut #buf[..#n]))
-                    }
-                    Activation::Sigmoid => quote!(#rt::kernels::sigmoid_inplace(&mut #buf[..#n])),
-                    Activation::Tanh => quote!(#rt::kernels::tanh_inplace(&mut #buf[..#n])),
-                    Activation::Gelu => quote!(#rt::kernels::gelu_inplace(&mut #buf[..#n])),
-                };
-                let call = act_call(&dst, quote!(#n_out * batch));
-                if in_lanes {
-                    // Element-wise: the zero lanes of missing images stay harmless.
-                    let c = act_call(&lbuf(lcur), quote!(#n_out * lb));
-                    lane_body.push(quote!(#c;));
-                }
-                body.push(quote! {
-                    #copy
-                    #call;
-                });
-            }
-            Op::Linear { geom: lg, bias } => {
-                let geom = linear_geom_tokens(rt, lg);
-                let fi = lit(lg.in_features);
-                consts.push(quote! {
-                    #[doc = #path_doc]
-                    const #g: #rt::LinearGeom = #geom;
-                });
-                let w = t(0);
-                let b = if *bias {
-                    let bf = t(1);
-                    quote!(Some(&tensors.#bf[..]))
-                } else {
-                    quote!(None)
-                };
-                body.push(quote! {
-                    #rt::kernels::linear(&Self::#g, batch, &#src[..#fi * batch], &tensors.#w, #b, &mut #dst[..#n_out * batch]);
-                });
-            }
-            Op::Softmax {
-                log,
-                outer,
-                axis,
-                inner,
-            } => {
-                let [o, a, inn] = [*outer, *axis, *inner].map(lit);
-                let call = if *inner == 1 {
-                    if *log {
-                        quote!(#rt::kernels::log_softmax(batch * #o, #a, &#src[..#n_out * batch], &mut #dst[..#n_out * batch]))
-                    } else {
-                        quote!(#rt::kernels::softmax(batch * #o, #a, &#src[..#n_out * batch], &mut #dst[..#n_out * batch]))
-                    }
-                } else {
-                    let ln = if *log {
-                        quote!(#dst[..#n_out * batch].iter_mut().for_each(|v| *v = v.ln());)
-                    } else {
-                        quote!()
-                    };
-                    quote!({ #rt::kernels::softmax_channels(batch * #o, #a, #inn, &#src[..#n_out * batch], &mut #dst[..#n_out * batch]); #ln })
-                };
-                body.push(quote! {
-                    #call;
-                });
-            }
-            Op::Dropout { .. } | Op::Flatten { .. } => {}
-        }
+        emitted.step(i, s, i < lane_end);
     }
+    let steps::Steps {
+        consts,
+        conv_fields,
+        conv_inits,
+        conv_scratch,
+        body,
+        lane_body,
+        lane_scratch,
+        lcur,
+        ..
+    } = emitted;
     let out_buf = match p.output {
         Loc::Buf(1) => quote!(b1),
         _ => quote!(b0),
@@ -600,7 +435,7 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
     } else {
         let last = &p.steps[lane_end - 1];
         let n_last = lit(last.out_len);
-        let lfinal = lbuf(lcur);
+        let lfinal = steps::lbuf(lcur);
         let bfinal = match last.dst {
             Loc::Buf(1) => quote!(b1),
             _ => quote!(b0),
@@ -842,8 +677,17 @@ mod tests {
     use crate::{SourceMap, compile_source};
 
     #[test]
+    fn a_slope_without_an_f32_literal_is_emitted_by_its_bits() {
+        // 1e300 checks (PyTorch takes any float) but is infinite as f32, which has no literal.
+        let text = "model M(input = [1, 4, 4]) { conv2d(1, 2, 3), leaky_relu(negative_slope = 1e300), flatten, linear(8, 2) }";
+        let m = compile_source(&mut SourceMap::new(), "m.cnn", text).unwrap();
+        let src = source(&m, &Options::default()).expect("formats");
+        assert!(src.contains("f32::from_bits(2139095040u32)"), "{src}");
+    }
+
+    #[test]
     fn seed_model_source_has_constants_and_formats() {
-        let text = include_str!("../../examples/models/seed.yaml");
+        let text = include_str!("../../../examples/models/seed.yaml");
         let m = compile_source(&mut SourceMap::new(), "seed.yaml", text).unwrap();
         let src = source(
             &m,
