@@ -61,6 +61,10 @@ fn constants_and_summary() {
     assert_eq!(SeedCnn::param_count(), 121_514);
     assert!(SeedCnn::SUMMARY.contains("conv2.2"));
     assert_eq!(SeedCnn::TENSOR_NAMES.len(), 10);
+    // Memory figures at compile time: a user can refuse a model that is too big in a const.
+    const _: () = assert!(SeedCnn::WEIGHT_BYTES < 1 << 20);
+    assert_eq!(SeedCnn::WEIGHT_BYTES, 121_514 * 4);
+    assert_eq!(SeedCnn::BUFFER_BYTES_PER_IMAGE, 2 * 16 * 28 * 28 * 4);
     let a = SeedCnn::init(7).unwrap().weights().unwrap();
     let b = SeedCnn::init(7).unwrap().weights().unwrap();
     assert_eq!(a, b, "same seed, same weights");

@@ -26,7 +26,10 @@ fn shape(d: &[u64]) -> String {
     )
 }
 
-fn kib(bytes: u64) -> String {
+/// `floats` f32 values as KiB or MiB (in 128 bits: a checked model's sizes fit in `u64`, their
+/// bytes may not).
+fn kib(floats: u64) -> String {
+    let bytes = u128::from(floats) * 4;
     if bytes >= 1 << 20 {
         format!("{:.2} MiB", bytes as f64 / (1u64 << 20) as f64)
     } else {
@@ -34,21 +37,23 @@ fn kib(bytes: u64) -> String {
     }
 }
 
+/// `u64`s added without overflow (saturating at `u64::MAX`).
+fn total(it: impl Iterator<Item = u64>) -> u64 {
+    it.fold(0, u64::saturating_add)
+}
+
 /// Activation memory per image if each layer's output lives in its own buffer (an upper bound),
 /// and the peak of a two-buffer ping-pong plan (largest input + output of any layer), in floats.
 pub fn activation_floats(input: &[u64], layers: &[CheckedLayer]) -> (u64, u64) {
-    let in_len: u64 = input.iter().product();
-    let total = in_len
-        + layers
-            .iter()
-            .map(|l| l.output.iter().product::<u64>())
-            .sum::<u64>();
+    let numel = |d: &[u64]| d.iter().fold(1u64, |a, &x| a.saturating_mul(x));
+    let in_len = numel(input);
+    let all = in_len.saturating_add(total(layers.iter().map(|l| numel(&l.output))));
     let peak = layers
         .iter()
-        .map(|l| l.input.iter().product::<u64>() + l.output.iter().product::<u64>())
+        .map(|l| numel(&l.input).saturating_add(numel(&l.output)))
         .max()
         .unwrap_or(in_len);
-    (total, peak)
+    (all, peak)
 }
 
 /// Renders the table. `failed` marks the first layer that could not be checked.
@@ -136,11 +141,11 @@ pub fn table(
         }
     }
     let _ = writeln!(out, "{rule}");
-    let params: u64 = layers.iter().map(|l| l.params).sum();
+    let params = total(layers.iter().map(|l| l.params));
     let tensors: Vec<_> = layers.iter().flat_map(|l| l.tensors.iter()).collect();
     let trainable = tensors.iter().filter(|t| t.role.trainable()).count();
-    let macs: u64 = layers.iter().map(|l| l.macs).sum();
-    let (total, peak) = activation_floats(&model.input.value, layers);
+    let macs = total(layers.iter().map(|l| l.macs));
+    let (total_floats, peak) = activation_floats(&model.input.value, layers);
     let prefix = if failed_at.is_some() {
         " (up to the error)"
     } else {
@@ -150,7 +155,7 @@ pub fn table(
         out,
         "Parameters{prefix}: {} in {trainable} tensors ({} as f32)",
         thousands(params),
-        kib(params * 4)
+        kib(params)
     );
     if tensors.len() > trainable {
         let _ = writeln!(
@@ -163,10 +168,10 @@ pub fn table(
     let _ = writeln!(
         out,
         "Activations per image: {} floats in all layer outputs ({}); peak of one layer's input + output: {} ({})",
-        thousands(total),
-        kib(total * 4),
+        thousands(total_floats),
+        kib(total_floats),
         thousands(peak),
-        kib(peak * 4)
+        kib(peak)
     );
     if explain {
         let _ = writeln!(out, "\nWhere each dimension comes from:");
@@ -194,7 +199,7 @@ pub fn summary(model: &CheckedModel, explain: bool) -> String {
         "Inference plan: {} kernel calls, 2 ping-pong buffers × {} floats = {} per image (peak activation memory)\n",
         plan.steps.len(),
         thousands(per_buf),
-        kib(2 * per_buf * 4)
+        kib(per_buf.saturating_mul(2))
     );
     match out.find("\nWhere each dimension") {
         Some(i) => out.insert_str(i + 1, &line),
@@ -210,7 +215,7 @@ pub fn summary_report(model: &Model, report: &CheckReport, explain: bool) -> Str
 
 /// JSON form of the summary, for scripts.
 pub fn to_json(model: &Model, layers: &[CheckedLayer]) -> serde_json::Value {
-    let (total, peak) = activation_floats(&model.input.value, layers);
+    let (all, peak) = activation_floats(&model.input.value, layers);
     json!({
         "name": model.name,
         "input": model.input.value,
@@ -220,9 +225,9 @@ pub fn to_json(model: &Model, layers: &[CheckedLayer]) -> serde_json::Value {
             "tensors": l.tensors.iter().map(|t| json!({"name": t.name, "shape": t.shape})).collect::<Vec<_>>(),
             "origins": l.origins,
         })).collect::<Vec<_>>(),
-        "params": layers.iter().map(|l| l.params).sum::<u64>(),
-        "macs": layers.iter().map(|l| l.macs).sum::<u64>(),
-        "activation_floats": total,
+        "params": total(layers.iter().map(|l| l.params)),
+        "macs": total(layers.iter().map(|l| l.macs)),
+        "activation_floats": all,
         "peak_activation_floats": peak,
         "output": layers.last().map_or(model.input.value.clone(), |l| l.output.clone()),
     })

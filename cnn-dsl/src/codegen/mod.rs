@@ -501,7 +501,25 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
     } else {
         quote!([#(#conv_scratch),*].into_iter().max().unwrap_or(0))
     };
+    // The memory figures as constants users can assert on; weights no 64-bit address space can
+    // hold are a compile error where the code is compiled.
+    let weight_bytes: u128 = p.tensors.iter().map(|t| t.numel() as u128 * 4).sum();
+    let too_big = if weight_bytes > isize::MAX as u128 {
+        let msg = format!(
+            "model `{}` needs {weight_bytes} bytes of weights, more than a 64-bit address space can hold",
+            p.name
+        );
+        quote!(::core::compile_error!(#msg);)
+    } else {
+        quote!()
+    };
+    let weight_bytes = Literal::u64_unsuffixed(u64::try_from(weight_bytes).unwrap_or(u64::MAX));
+    let buffer_bytes = Literal::u64_unsuffixed(
+        u64::try_from(p.buffer_len.max(p.output_len()) as u128 * 8).unwrap_or(u64::MAX),
+    );
     quote! {
+        #too_big
+
         #[doc = #doc]
         pub struct #name {
             tensors: #tensors_struct,
@@ -546,6 +564,12 @@ pub fn tokens_for_plan(p: &Plan, summary: &str, opts: &Options) -> TokenStream {
             pub const OUTPUT_LEN: usize = #output_len;
             /// Trainable parameters.
             pub const PARAMS: usize = #param_count;
+            /// Bytes of the `state_dict` (parameters and buffers, `f32`), as `cnnc` counts them
+            /// for `--max-memory`; e.g. `const _: () = assert!(Model::WEIGHT_BYTES < 1 << 30);`.
+            pub const WEIGHT_BYTES: u64 = #weight_bytes;
+            /// Bytes per image of the two activation buffers `forward` keeps (scratch and the
+            /// packed convolution weights come on top).
+            pub const BUFFER_BYTES_PER_IMAGE: u64 = #buffer_bytes;
             /// The `cnnc summary` table of this model.
             pub const SUMMARY: &'static str = #summary;
             /// Per-image length of each activation buffer.
@@ -675,6 +699,33 @@ pub fn source(model: &CheckedModel, opts: &Options) -> Result<String, syn::Error
 mod tests {
     use super::*;
     use crate::{SourceMap, compile_source};
+
+    #[test]
+    fn weights_no_address_space_holds_are_a_compile_error() {
+        // 2³¹ × 2³¹ weights, 2⁶⁵ bytes: the spec checks, the generated code must not compile.
+        let text = "model Vast(input = [2147483648]) { linear(2147483648, 2147483648) }";
+        let m = compile_source(&mut SourceMap::new(), "m.cnn", text).unwrap();
+        let src = source(&m, &Options::default()).expect("formats");
+        assert!(
+            src.contains("compile_error!(\n") || src.contains("compile_error!("),
+            "{src}"
+        );
+        assert!(
+            src.contains("more than a 64-bit address space can hold"),
+            "{src}"
+        );
+        let small = compile_source(
+            &mut SourceMap::new(),
+            "m.cnn",
+            "model S(input = [4]) { linear(4, 2) }",
+        )
+        .unwrap();
+        assert!(
+            !source(&small, &Options::default())
+                .unwrap()
+                .contains("compile_error")
+        );
+    }
 
     #[test]
     fn a_slope_without_an_f32_literal_is_emitted_by_its_bits() {
