@@ -151,7 +151,7 @@ pub fn estimate(model: &CheckedModel, work: Workload) -> Estimate {
         largest = (buffers, widest, "activations");
     }
     // The runtime's own sizes, once the bound above shows they fit its arithmetic, plus 1/8 and
-    // 64 KiB for what they leave out (tensor names, maps, the thread pool, allocator rounding,
+    // 24 KiB for what they leave out (tensor names, maps, the thread pool, allocator rounding,
     // a step's small temporaries).
     if total < 1 << 48 {
         let inputs = input * batch * F;
@@ -165,7 +165,7 @@ pub fn estimate(model: &CheckedModel, work: Workload) -> Estimate {
                 threads,
             } => Trainer::estimate_bytes(&plan(model, Mode::Train), batch, threads, state) + inputs,
         };
-        total = sized + sized / 8 + (64 << 10);
+        total = sized + sized / 8 + (24 << 10);
     }
     Estimate {
         total,

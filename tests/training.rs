@@ -360,3 +360,23 @@ fn fit_runs_epochs_resumes_to_the_same_weights_and_stops_on_request() {
     assert_eq!(t.steps(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn batch_norm_over_one_value_is_an_error_not_a_panic() {
+    // After global pooling each channel has one value per image: a batch of one cannot give
+    // batch statistics (PyTorch: "Expected more than 1 value per channel when training").
+    let m = model(
+        "m.cnn",
+        "model M(input = [1, 4, 4]) { conv2d(1, 3, 3), adaptive_avgpool2d(1), bn: batchnorm2d, flatten, linear(3, 2) }",
+    );
+    let mut t = Trainer::new(&m, Box::new(Sgd::new(0.1)), 0, 1).unwrap();
+    let e = t.train_step(&[0.5; 16], &[1]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("`bn` (batchnorm2d) sees one value per channel"),
+        "{e}"
+    );
+    // Two images are enough, and evaluation (running statistics) works at any batch.
+    t.train_step(&[0.5; 32], &[1, 0]).unwrap();
+    t.evaluate(&[0.5; 16], &[1]).unwrap();
+}

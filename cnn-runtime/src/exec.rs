@@ -317,18 +317,23 @@ impl Executor {
                 _ => 0,
             })
             .sum();
-        let gemm = plan
-            .steps
+        let n = InferNeeds::of(plan, lane_prefix(plan), batch, threads);
+        4 * (weights + packed + 2 * n.buf as u128 + 2 * n.lane_buf as u128 + n.scratch as u128)
+            + Self::gemm_bytes(plan, batch, threads)
+    }
+
+    /// The part of [`Executor::estimate_bytes`] for `gemm`'s own buffers (wide linear layers):
+    /// an upper bound, since `gemm` decides by its size heuristics whether to allocate them.
+    pub fn gemm_bytes(plan: &Plan, batch: usize, threads: usize) -> u128 {
+        let threads = resolve_threads(threads);
+        plan.steps
             .iter()
             .map(|s| match &s.op {
                 Op::Linear { geom, .. } => kernels::linear_gemm_bytes(geom, batch, threads),
                 _ => 0,
             })
             .max()
-            .unwrap_or(0);
-        let n = InferNeeds::of(plan, lane_prefix(plan), batch, threads);
-        4 * (weights + packed + 2 * n.buf as u128 + 2 * n.lane_buf as u128 + n.scratch as u128)
-            + gemm
+            .unwrap_or(0)
     }
 
     /// Runs `batch` images (`input` is `[batch, …input_shape]`, flat) and returns the outputs,

@@ -41,7 +41,14 @@ pub fn gemm_bytes(g: &LinearGeom, batch: usize, threads: usize) -> u128 {
     }
     let kc = g.in_features.min(512) as u128;
     let rows = g.out_features as u128 + batch.next_multiple_of(16) as u128;
-    threads.max(1) as u128 * l2_cache_bytes() + 4 * kc * rows
+    gemm_slab_bytes(threads) + 4 * kc * rows
+}
+
+/// The thread-local slabs `gemm` allocates on first use: one of the L2 cache's size per thread
+/// (`threads` workers). Training pays them whenever a step goes through `gemm` (linear layers,
+/// the image-major convolution backward), which every batch of more than one image does.
+pub fn gemm_slab_bytes(threads: usize) -> u128 {
+    threads.max(1) as u128 * l2_cache_bytes()
 }
 
 /// The L2 cache size `gemm` sizes its slab by, as Linux reports it; 2 MiB where it cannot be

@@ -39,7 +39,7 @@ pub use activation::{
     sigmoid_inplace, softmax, softmax_channels, tanh, tanh_inplace,
 };
 pub use conv::{PackedConv, conv2d, conv2d_act, conv2d_scratch_len};
-pub use linear::{gemm_bytes as linear_gemm_bytes, linear};
+pub use linear::{gemm_bytes as linear_gemm_bytes, gemm_slab_bytes, linear};
 pub use norm::{BatchNormParams, batch_norm2d, batch_norm2d_inplace};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d};
 #[cfg(feature = "train")]

@@ -418,7 +418,8 @@ impl Trainer {
     /// `batch` images with `threads` workers (0 = one per core) and an optimizer keeping
     /// `optimizer_state` floats per trainable parameter (Adam 2, SGD with momentum 1): the
     /// parameters twice (the trainer's copy and the weights it starts from), gradients,
-    /// optimizer state, and what [`Trainer::train_step`] reserves — computed without allocating.
+    /// optimizer state, what [`Trainer::train_step`] reserves, and `gemm`'s thread-local slabs
+    /// and packing buffers — computed without allocating.
     pub fn estimate_bytes(plan: &Plan, batch: usize, threads: usize, optimizer_state: u32) -> u128 {
         let threads = crate::exec::resolve_threads(threads);
         let all: u128 = plan.tensors.iter().map(|t| t.numel() as u128).sum();
@@ -429,7 +430,26 @@ impl Trainer {
             .map(|t| t.numel() as u128)
             .sum();
         let params = 2 * all + trainable * (1 + u128::from(optimizer_state));
-        4 * params + TrainNeeds::of(plan, lane_prefix(&plan.steps), batch, threads).bytes()
+        4 * params
+            + TrainNeeds::of(plan, lane_prefix(&plan.steps), batch, threads).bytes()
+            + Self::gemm_bytes(plan, batch, threads)
+    }
+
+    /// The part of [`Trainer::estimate_bytes`] for `gemm`'s own buffers (linear layers, the
+    /// image-major convolution backward): an upper bound, since `gemm` decides by its size
+    /// heuristics whether to allocate them.
+    pub fn gemm_bytes(plan: &Plan, batch: usize, threads: usize) -> u128 {
+        let threads = crate::exec::resolve_threads(threads);
+        plan.steps
+            .iter()
+            .map(|s| match &s.op {
+                Op::Linear { geom, .. } => kernels::linear_gemm_bytes(geom, batch, threads)
+                    .max(kernels::gemm_slab_bytes(threads)),
+                Op::Conv2d { .. } => kernels::gemm_slab_bytes(threads),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     fn check_batch(&self, images: &[f32], labels: &[usize]) -> Result<usize, TrainError> {
@@ -461,6 +481,20 @@ impl Trainer {
         labels: &[usize],
     ) -> Result<StepStats, TrainError> {
         let batch = self.check_batch(images, labels)?;
+        // Batch statistics of one value are undefined (PyTorch raises the same error).
+        let lone =
+            self.plan.steps.iter().find(
+                |s| matches!(&s.op, Op::BatchNorm2d { geom, .. } if batch * geom.spatial <= 1),
+            );
+        if let Some(step) = lone {
+            return Err(TrainError::Unsupported {
+                model: self.name.clone(),
+                reason: format!(
+                    "`{}` (batchnorm2d) sees one value per channel in a batch of {batch}: training needs more than one (a batch of at least 2)",
+                    step.path
+                ),
+            });
+        }
         self.reserve(batch).map_err(ExecError::from)?;
         self.input[..images.len()].copy_from_slice(images);
         let pool = std::sync::Arc::clone(&self.pool);
