@@ -88,6 +88,15 @@ impl Steps {
         }
     }
 
+    /// `const G{i}: Geom = …;`, the step's geometry as a constant of the generated type.
+    fn geom_const(&mut self, cx: &StepCx, ty: TokenStream, geom: TokenStream) {
+        let (rt, g, doc) = (&self.rt, &cx.g, &cx.path_doc);
+        self.consts.push(quote! {
+            #[doc = #doc]
+            const #g: #rt::#ty = #geom;
+        });
+    }
+
     /// Emits step `i`.
     pub(super) fn step(&mut self, i: usize, s: &Step, in_lanes: bool) {
         let (src, dst, in_place) = match (s.src, s.dst) {
@@ -129,20 +138,16 @@ impl Steps {
 
     /// Calls a packed convolution (and its lane form in the lane prefix).
     fn conv2d(&mut self, cx: &StepCx, bias: bool, cg: &Conv2dGeom) {
-        let rt = &self.rt;
+        let rt = &self.rt.clone();
         let g = &cx.g;
         let n_out = &cx.n_out;
-        let path_doc = &cx.path_doc;
         let src = &cx.src;
         let dst = &cx.dst;
         let in_lanes = cx.in_lanes;
         let t = |j: usize| tfield(cx.params[j]);
         let f = format_ident!("conv{}", cx.index);
         let geom = conv_geom_tokens(rt, cg);
-        self.consts.push(quote! {
-            #[doc = #path_doc]
-            const #g: #rt::Conv2dGeom = #geom;
-        });
+        self.geom_const(cx, quote!(Conv2dGeom), geom);
         let act = act_tokens(rt, cx.fused);
         let w = t(0);
         let b = if bias {
@@ -173,18 +178,14 @@ impl Steps {
 
     /// Calls max or average pooling (max pooling also on lanes).
     fn pool2d(&mut self, cx: &StepCx, kind: PoolKind, pg: &Pool2dGeom) {
-        let rt = &self.rt;
+        let rt = &self.rt.clone();
         let g = &cx.g;
         let n_out = &cx.n_out;
-        let path_doc = &cx.path_doc;
         let src = &cx.src;
         let dst = &cx.dst;
         let in_lanes = cx.in_lanes;
         let geom = pool_geom_tokens(rt, pg);
-        self.consts.push(quote! {
-            #[doc = #path_doc]
-            const #g: #rt::Pool2dGeom = #geom;
-        });
+        self.geom_const(cx, quote!(Pool2dGeom), geom);
         let f = if kind == PoolKind::Max {
             quote!(max_pool2d)
         } else {
@@ -205,17 +206,13 @@ impl Steps {
 
     /// Calls adaptive average pooling.
     fn adaptive_avg_pool2d(&mut self, cx: &StepCx, ag: &AdaptivePoolGeom) {
-        let rt = &self.rt;
+        let rt = &self.rt.clone();
         let g = &cx.g;
         let n_out = &cx.n_out;
-        let path_doc = &cx.path_doc;
         let src = &cx.src;
         let dst = &cx.dst;
         let geom = adaptive_geom_tokens(rt, ag);
-        self.consts.push(quote! {
-            #[doc = #path_doc]
-            const #g: #rt::AdaptivePoolGeom = #geom;
-        });
+        self.geom_const(cx, quote!(AdaptivePoolGeom), geom);
         let n_in = lit(ag.channels * ag.in_h * ag.in_w);
         self.body.push(quote! {
             #rt::kernels::adaptive_avg_pool2d(&Self::#g, batch, &#src[..#n_in * batch], &mut #dst[..#n_out * batch]);
@@ -224,18 +221,14 @@ impl Steps {
 
     /// Calls batch norm with running statistics, in place.
     fn batch_norm2d(&mut self, cx: &StepCx, eps: f32, bg: &BatchNormGeom) {
-        let rt = &self.rt;
+        let rt = &self.rt.clone();
         let g = &cx.g;
         let n_out = &cx.n_out;
-        let path_doc = &cx.path_doc;
         let dst = &cx.dst;
         let t = |j: usize| tfield(cx.params[j]);
         let geom = batch_norm_geom_tokens(rt, bg);
         let eps = f32_tokens(eps);
-        self.consts.push(quote! {
-            #[doc = #path_doc]
-            const #g: #rt::BatchNormGeom = #geom;
-        });
+        self.geom_const(cx, quote!(BatchNormGeom), geom);
         let (w, b, m, v) = (t(0), t(1), t(2), t(3));
         let copy = cx.copy_in();
         self.body.push(quote! {
@@ -277,19 +270,15 @@ impl Steps {
 
     /// Calls the fully connected kernel.
     fn linear(&mut self, cx: &StepCx, lg: &LinearGeom, bias: bool) {
-        let rt = &self.rt;
+        let rt = &self.rt.clone();
         let g = &cx.g;
         let n_out = &cx.n_out;
-        let path_doc = &cx.path_doc;
         let src = &cx.src;
         let dst = &cx.dst;
         let t = |j: usize| tfield(cx.params[j]);
         let geom = linear_geom_tokens(rt, lg);
         let fi = lit(lg.in_features);
-        self.consts.push(quote! {
-            #[doc = #path_doc]
-            const #g: #rt::LinearGeom = #geom;
-        });
+        self.geom_const(cx, quote!(LinearGeom), geom);
         let w = t(0);
         let b = if bias {
             let bf = t(1);
