@@ -114,19 +114,30 @@ impl Checker<'_> {
         })
     }
 
+    /// Reports a declared channel count (`attr`) that differs from the input's `actual` one; the
+    /// layer is still checked with `actual`.
+    fn declared_channels(
+        &mut self,
+        cx: &mut LayerCx<'_>,
+        decl: Option<Attr<u64>>,
+        actual: u64,
+        attr: &str,
+    ) {
+        if let Some(decl) = decl
+            && decl.value != actual
+        {
+            self.channel_mismatch(cx.layer, decl, actual, attr);
+            cx.recovered_error = true;
+        }
+    }
+
     /// nn.Conv2d: groups, padding, output size, parameters and cost.
     pub(super) fn conv2d(&mut self, cx: &mut LayerCx<'_>, c: &Conv2d) -> Result<Arm, Fail> {
-        let layer = cx.layer;
         let input = cx.input;
         let origins = cx.origins;
         let path = &cx.layer.path;
         let [cin, h, w] = tri!(image(input), None);
-        if let Some(decl) = c.in_channels
-            && decl.value != cin
-        {
-            self.channel_mismatch(layer, decl, cin, "in_channels");
-            cx.recovered_error = true;
-        }
+        self.declared_channels(cx, c.in_channels, cin, "in_channels");
         let g = c.groups.value;
         if cin % g != 0 {
             fail!(
@@ -351,17 +362,11 @@ impl Checker<'_> {
         cx: &mut LayerCx<'_>,
         b: &BatchNorm2d,
     ) -> Result<Arm, Fail> {
-        let layer = cx.layer;
         let input = cx.input;
         let origins = cx.origins;
         let path = &cx.layer.path;
         let [c, h, w] = tri!(image(input), None);
-        if let Some(decl) = b.num_features
-            && decl.value != c
-        {
-            self.channel_mismatch(layer, decl, c, "num_features");
-            cx.recovered_error = true;
-        }
+        self.declared_channels(cx, b.num_features, c, "num_features");
         let cu = us(c);
         for (suffix, role) in [
             ("weight", TensorRole::Weight),
