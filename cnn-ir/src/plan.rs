@@ -52,7 +52,7 @@ pub struct Step {
     /// Destination; equal to `src` for an in-place step.
     pub dst: Loc,
     /// Indices into [`Plan::tensors`]: weight, then bias (conv/linear); weight, bias,
-    /// running mean, running var (batchnorm).
+    /// running mean, running var, num_batches_tracked (batchnorm).
     pub params: Vec<usize>,
     /// Multiply-adds per image.
     pub macs: u64,

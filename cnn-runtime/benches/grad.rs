@@ -15,8 +15,9 @@ use cnn_runtime::geom::{Conv2dGeom, LinearGeom, Pool2dGeom};
 use cnn_runtime::grad::{
     conv2d_backward, conv2d_backward_lanes, conv2d_backward_lanes_scratch_len,
     conv2d_backward_reference, conv2d_backward_scratch_len, linear_backward, max_pool2d_backward,
-    max_pool2d_train_forward, relu_backward_inplace, softmax_cross_entropy,
+    relu_backward_inplace, softmax_cross_entropy,
 };
+use cnn_runtime::kernels::max_pool2d_train_forward;
 use cnn_runtime::lanes::{LANES, conv2d_lanes_usable, lane_slots, to_lanes};
 use cnn_runtime::optim::{Optimizer, Sgd};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

@@ -11,11 +11,11 @@
 
 use crate::buf::AlignedBuf;
 use crate::init::{Rng, default_weights};
-use crate::kernels::{self, Activation as KAct, BatchNormParams, PackedConv};
+use crate::kernels::{self, PackedConv};
 use crate::lanes::{self, LANES};
+use crate::step::{self, Layout, Params};
 use crate::weights::{ParamKind, ParamSpec, Weights};
-use cnn_ir::checked::{Activation, Op, TensorRole};
-use cnn_ir::ir::PoolKind;
+use cnn_ir::checked::{Op, TensorRole};
 use cnn_ir::plan::{Loc, Mode, Plan, Step};
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
@@ -86,7 +86,11 @@ fn check_infer_plan(plan: &Plan) -> Result<(), ExecError> {
     }
     let ok = |l: Loc| matches!(l, Loc::Input | Loc::Buf(0 | 1));
     for step in &plan.steps {
-        if !ok(step.src) || !matches!(step.dst, Loc::Buf(0 | 1)) {
+        let in_place = step.src == step.dst;
+        if !ok(step.src)
+            || !matches!(step.dst, Loc::Buf(0 | 1))
+            || (in_place && !step::runs_in_place(&step.op))
+        {
             return Err(bad(format!(
                 "step `{}` reads {:?} and writes {:?}",
                 step.path, step.src, step.dst
@@ -171,14 +175,6 @@ pub fn init_weights(plan: &Plan, seed: u64) -> Result<Weights, ExecError> {
     Ok(default_weights(&param_specs(plan), &mut rng)?.with_metadata("model", plan.name.clone()))
 }
 
-fn kact(a: Option<Activation>) -> KAct {
-    match a {
-        Some(Activation::Relu) => KAct::Relu,
-        Some(Activation::LeakyRelu(s)) => KAct::LeakyRelu(s),
-        _ => KAct::Identity,
-    }
-}
-
 enum Kernel {
     Conv(Box<PackedConv>),
     Plain,
@@ -222,10 +218,11 @@ impl Executor {
             .steps
             .iter()
             .map(|s| match &s.op {
-                Op::Conv2d { geom, .. } => {
-                    let w = tensor(&weights, &plan, s, 0);
-                    let b = s.params.get(1).map(|_| tensor(&weights, &plan, s, 1));
-                    Kernel::Conv(Box::new(PackedConv::new(geom, w, b, kact(s.fused))))
+                &Op::Conv2d { ref geom, bias } => {
+                    let p = Params::of(s, |i| tensor(&weights, &plan, i));
+                    let b = bias.then_some(p.tensors[1]);
+                    let act = step::kernel_act(s.fused);
+                    Kernel::Conv(Box::new(PackedConv::new(geom, p.tensors[0], b, act)))
                 }
                 _ => Kernel::Plain,
             })
@@ -520,10 +517,7 @@ pub(crate) fn resolve_threads(threads: usize) -> usize {
 /// the lane kernels take.
 fn lane_prefix(plan: &Plan) -> usize {
     let end = plan.lane_prefix();
-    let usable = plan.steps[..end].iter().all(|s| match &s.op {
-        Op::Conv2d { geom, .. } => lanes::conv2d_lanes_usable(geom),
-        _ => true,
-    });
+    let usable = plan.steps[..end].iter().all(|s| step::runs_on_lanes(&s.op));
     if usable { end } else { 0 }
 }
 
@@ -552,37 +546,18 @@ impl<'a> LaneRun<'a> {
         }
     }
 
-    /// Runs one step of the lane prefix.
+    /// Runs one step of the lane prefix: in place where the plan says so, else into the other
+    /// lane buffer.
     fn step(&mut self, plan: &Plan, weights: &Weights, step: &Step, scratch: &mut [f32]) {
-        let slots = self.slots;
+        let layout = Layout::Lanes(self.slots);
+        let p = params(plan, weights, step, None);
         let [b0, b1] = &mut *self.bufs;
-        let (src, dst) = if self.cur == 0 { (b0, b1) } else { (b1, b0) };
-        let src = &src[..slots * self.len * LANES];
-        let out = slots * step.out_len * LANES;
-        match &step.op {
-            Op::Conv2d { geom: g, .. } => {
-                let w = tensor(weights, plan, step, 0);
-                let b = step.params.get(1).map(|_| tensor(weights, plan, step, 1));
-                let act = kact(step.fused);
-                lanes::conv2d_lanes(g, slots, src, w, b, act, &mut dst[..out], scratch);
-                self.cur ^= 1;
-            }
-            Op::Pool2d { geom: g, .. } => {
-                lanes::max_pool2d_lanes(g, slots, src, &mut dst[..out]);
-                self.cur ^= 1;
-            }
-            Op::Activation { act, .. } => {
-                // Element-wise: the zero lanes of missing images stay harmless.
-                let x = &mut self.bufs[self.cur][..out];
-                match *act {
-                    Activation::Relu => kernels::relu_inplace(x),
-                    Activation::LeakyRelu(a) => kernels::leaky_relu_inplace(a, x),
-                    Activation::Sigmoid => kernels::sigmoid_inplace(x),
-                    Activation::Tanh => kernels::tanh_inplace(x),
-                    Activation::Gelu => kernels::gelu_inplace(x),
-                }
-            }
-            _ => unreachable!("lane_prefix admits only conv, max pool and activations"),
+        let (cur, other) = if self.cur == 0 { (b0, b1) } else { (b1, b0) };
+        if step.src == step.dst {
+            step::forward(step, layout, None, cur, &p, None, scratch);
+        } else {
+            step::forward(step, layout, Some(cur), other, &p, None, scratch);
+            self.cur ^= 1;
         }
         self.len = step.out_len;
     }
@@ -603,11 +578,23 @@ impl<'a> LaneRun<'a> {
     }
 }
 
-fn tensor<'w>(weights: &'w Weights, plan: &Plan, step: &Step, i: usize) -> &'w [f32] {
+fn tensor<'w>(weights: &'w Weights, plan: &Plan, i: usize) -> &'w [f32] {
     // Presence and lengths were checked in Executor::new.
-    weights
-        .get(&plan.tensors[step.params[i]].name)
-        .unwrap_or(&[])
+    weights.get(&plan.tensors[i].name).unwrap_or(&[])
+}
+
+/// The parameters of `step`, with its packed convolution when the executor has one.
+fn params<'a>(
+    plan: &Plan,
+    weights: &'a Weights,
+    step: &Step,
+    kernel: Option<&'a Kernel>,
+) -> Params<'a> {
+    let mut p = Params::of(step, |i| tensor(weights, plan, i));
+    if let Some(Kernel::Conv(c)) = kernel {
+        p.packed = Some(c);
+    }
+    p
 }
 
 #[expect(
@@ -624,103 +611,16 @@ fn run_step(
     bufs: &mut [AlignedBuf; 2],
     scratch: &mut [f32],
 ) {
-    let out_n = step.out_len * batch;
     let [b0, b1] = bufs;
-    // (source, destination) slices; in-place steps get the destination only.
+    // (source, destination); in-place steps get the destination only.
     let (src, dst): (Option<&[f32]>, &mut [f32]) = match (step.src, step.dst) {
-        (Loc::Input, Loc::Buf(0)) => (Some(input), &mut b0[..out_n]),
-        (Loc::Input, _) => (Some(input), &mut b1[..out_n]),
-        (Loc::Buf(0), Loc::Buf(1)) => (Some(&b0[..]), &mut b1[..out_n]),
-        (Loc::Buf(1), Loc::Buf(0)) => (Some(&b1[..]), &mut b0[..out_n]),
-        (Loc::Buf(0), _) => (None, &mut b0[..out_n]),
-        (_, _) => (None, &mut b1[..out_n]),
+        (Loc::Input, Loc::Buf(0)) => (Some(input), b0),
+        (Loc::Input, _) => (Some(input), b1),
+        (Loc::Buf(0), Loc::Buf(1)) => (Some(&b0[..]), b1),
+        (Loc::Buf(1), Loc::Buf(0)) => (Some(&b1[..]), b0),
+        (Loc::Buf(0), _) => (None, b0),
+        (_, _) => (None, b1),
     };
-    let p = |i: usize| tensor(weights, plan, step, i);
-    match &step.op {
-        Op::Conv2d { .. } => {
-            let Kernel::Conv(c) = kernel else { return };
-            let g = c.geom();
-            let src = src.map(|s| &s[..g.in_len() * batch]);
-            if let Some(s) = src {
-                c.run(batch, s, dst, scratch);
-            }
-        }
-        Op::Pool2d { kind, geom: g } => {
-            let Some(s) = src else { return };
-            let s = &s[..g.in_len() * batch];
-            match kind {
-                PoolKind::Max => kernels::max_pool2d(g, batch, s, dst),
-                PoolKind::Avg => kernels::avg_pool2d(g, batch, s, dst),
-            }
-        }
-        Op::AdaptiveAvgPool2d(g) => {
-            if let Some(s) = src {
-                let n_in = g.channels * g.in_h * g.in_w * batch;
-                kernels::adaptive_avg_pool2d(g, batch, &s[..n_in], dst);
-            }
-        }
-        &Op::BatchNorm2d { eps, geom: g, .. } => {
-            let params = BatchNormParams {
-                gamma: Some(p(0)),
-                beta: Some(p(1)),
-                mean: p(2),
-                var: p(3),
-                eps,
-            };
-            if let Some(s) = src {
-                dst.copy_from_slice(&s[..out_n]);
-            }
-            kernels::batch_norm2d_inplace(&g, batch, dst, &params);
-        }
-        Op::Activation { act, .. } => {
-            if let Some(s) = src {
-                dst.copy_from_slice(&s[..out_n]);
-            }
-            match *act {
-                Activation::Relu => kernels::relu_inplace(dst),
-                Activation::LeakyRelu(a) => kernels::leaky_relu_inplace(a, dst),
-                Activation::Sigmoid => kernels::sigmoid_inplace(dst),
-                Activation::Tanh => kernels::tanh_inplace(dst),
-                Activation::Gelu => kernels::gelu_inplace(dst),
-            }
-        }
-        &Op::Linear { geom: g, bias } => {
-            if let Some(s) = src {
-                kernels::linear(
-                    &g,
-                    batch,
-                    &s[..g.in_features * batch],
-                    p(0),
-                    bias.then(|| p(1)),
-                    dst,
-                );
-            }
-        }
-        &Op::Softmax {
-            log,
-            outer,
-            axis,
-            inner,
-        } => {
-            let Some(s) = src else { return };
-            let s = &s[..out_n];
-            if inner == 1 {
-                if log {
-                    kernels::log_softmax(batch * outer, axis, s, dst);
-                } else {
-                    kernels::softmax(batch * outer, axis, s, dst);
-                }
-            } else {
-                kernels::softmax_channels(batch * outer, axis, inner, s, dst);
-                if log {
-                    dst.iter_mut().for_each(|v| *v = v.ln());
-                }
-            }
-        }
-        Op::Dropout { .. } | Op::Flatten { .. } => {
-            if let Some(s) = src {
-                dst.copy_from_slice(&s[..out_n]);
-            }
-        }
-    }
+    let p = params(plan, weights, step, Some(kernel));
+    step::forward(step, Layout::Images(batch), src, dst, &p, None, scratch);
 }

@@ -23,6 +23,7 @@ pub mod lanes;
 #[cfg(feature = "train")]
 pub mod optim;
 pub mod simd;
+mod step;
 pub mod support;
 #[cfg(feature = "train")]
 pub mod train;

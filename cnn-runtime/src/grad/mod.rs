@@ -1,4 +1,6 @@
-//! Backward (gradient) kernels and the training-only forward passes they need.
+//! Backward (gradient) kernels. (The training-only forward passes whose saved values they read
+//! — max pool with argmax indices, batch norm with batch statistics, dropout with its mask —
+//! live with their forward kernels in [`crate::kernels`].)
 //!
 //! Conventions shared by every function here:
 //!
@@ -39,13 +41,13 @@ pub use conv::{
     conv2d_backward, conv2d_backward_lanes, conv2d_backward_lanes_scratch_len,
     conv2d_backward_reference, conv2d_backward_scratch_len, lanes_input_grad_supported,
 };
-pub use dropout::{DropoutRng, dropout_backward, dropout_train_forward};
+pub use dropout::dropout_backward;
 pub use linear::linear_backward;
 pub use loss::{log_softmax_backward, nll_loss, softmax_backward, softmax_cross_entropy};
-pub use norm::{batch_norm2d_backward, batch_norm2d_train_forward};
+pub use norm::batch_norm2d_backward;
 pub use pool::{
     adaptive_avg_pool2d_backward, avg_pool2d_backward, max_pool2d_backward,
-    max_pool2d_relu_backward, max_pool2d_train_forward,
+    max_pool2d_relu_backward,
 };
 
 /// Elements per rayon task for element-wise kernels; fixed so splitting never depends on threads.

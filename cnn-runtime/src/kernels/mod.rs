@@ -27,6 +27,7 @@
 
 mod activation;
 mod conv;
+mod dropout;
 mod linear;
 mod norm;
 mod pool;
@@ -39,11 +40,18 @@ pub use activation::{
     sigmoid_inplace, softmax, softmax_channels, tanh, tanh_inplace,
 };
 pub use conv::{PackedConv, conv2d, conv2d_act, conv2d_scratch_len};
+pub use dropout::{DropoutRng, dropout_train_forward};
 pub use linear::{gemm_bytes as linear_gemm_bytes, gemm_slab_bytes, linear};
-pub use norm::{BatchNormParams, batch_norm2d, batch_norm2d_inplace};
-pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d};
 #[cfg(feature = "train")]
-pub(crate) use pool::{avg_window, window_2x2};
+pub(crate) use norm::channel_sum;
+pub use norm::{BatchNormParams, batch_norm2d, batch_norm2d_inplace, batch_norm2d_train_forward};
+#[cfg(feature = "train")]
+pub(crate) use pool::NO_INDEX;
+#[cfg(feature = "train")]
+pub(crate) use pool::avg_window;
+#[cfg(all(test, feature = "train"))]
+pub(crate) use pool::max_pool2d_train_forward_with;
+pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d, max_pool2d_train_forward};
 
 /// Element-wise activation fused into a kernel's epilogue (applied after the bias).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]

@@ -104,6 +104,106 @@ pub fn batch_norm2d_inplace(g: &BatchNormGeom, batch: usize, x: &mut [f32], p: &
         });
 }
 
+/// Sum over the batch of `f(x)` for channel `c`, in `f64`.
+pub(crate) fn channel_sum(
+    x: &[f32],
+    g: &BatchNormGeom,
+    c: usize,
+    mut f: impl FnMut(usize, f32) -> f64,
+) -> f64 {
+    let s = g.spatial;
+    let mut acc = 0.0;
+    for (n, img) in x.chunks_exact(g.channels * s).enumerate() {
+        for (i, &v) in img[c * s..(c + 1) * s].iter().enumerate() {
+            acc += f(n * g.channels * s + c * s + i, v);
+        }
+    }
+    acc
+}
+
+/// Training forward of `nn.BatchNorm2d` (also `BatchNorm1d` with `spatial = 1`).
+///
+/// For each channel, over the `batch × spatial` values: `mean` and the **biased** variance
+/// normalise `output = (x − mean)/√(var + eps)·gamma + beta`; `running_mean` and `running_var`
+/// are updated in place as PyTorch does, `running = (1 − momentum)·running + momentum·stat`,
+/// with the **unbiased** variance (`var·M/(M−1)`). `save_mean` and `save_inv_std`
+/// (`1/√(var + eps)`) are **overwritten** for [`crate::grad::batch_norm2d_backward`] (feature `train`). Statistics are
+/// accumulated in `f64` (two passes). `momentum=None` (cumulative average) is not supported;
+/// affine parameters are required (pass ones and zeros for `affine=False`).
+///
+/// # Panics
+/// If a slice length disagrees with `g` and `batch` (`[batch, C, spatial]` tensors, `[C]`
+/// vectors), or a channel has a single value (`batch·spatial == 1`), which PyTorch rejects too.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors the operands of the PyTorch op"
+)]
+pub fn batch_norm2d_train_forward(
+    g: &BatchNormGeom,
+    batch: usize,
+    input: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    momentum: f32,
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
+    output: &mut [f32],
+    save_mean: &mut [f32],
+    save_inv_std: &mut [f32],
+) {
+    let (c_n, s) = (g.channels, g.spatial);
+    let len = batch * c_n * s;
+    check_len("batch_norm2d_train_forward input", input.len(), len);
+    check_len("batch_norm2d_train_forward output", output.len(), len);
+    for (name, v) in [
+        ("gamma", gamma.len()),
+        ("beta", beta.len()),
+        ("running_mean", running_mean.len()),
+        ("running_var", running_var.len()),
+        ("save_mean", save_mean.len()),
+        ("save_inv_std", save_inv_std.len()),
+    ] {
+        check_len(&format!("batch_norm2d_train_forward {name}"), v, c_n);
+    }
+    let m = batch * s;
+    assert!(
+        m > 1,
+        "batch_norm2d_train_forward: expected more than 1 value per channel when training"
+    );
+    let mf = m as f64;
+    save_mean
+        .par_iter_mut()
+        .zip(save_inv_std.par_iter_mut())
+        .zip(running_mean.par_iter_mut().zip(running_var.par_iter_mut()))
+        .enumerate()
+        .for_each(|(c, ((sm, si), (rm, rv)))| {
+            let mean = channel_sum(input, g, c, |_, v| f64::from(v)) / mf;
+            let var = channel_sum(input, g, c, |_, v| (f64::from(v) - mean).powi(2)) / mf;
+            *sm = mean as f32;
+            *si = (1.0 / (var + f64::from(eps)).sqrt()) as f32;
+            let mom = f64::from(momentum);
+            *rm = ((1.0 - mom) * f64::from(*rm) + mom * mean) as f32;
+            *rv = ((1.0 - mom) * f64::from(*rv) + mom * var * mf / (mf - 1.0)) as f32;
+        });
+    if s == 0 {
+        return;
+    }
+    let (save_mean, save_inv_std) = (&*save_mean, &*save_inv_std);
+    output
+        .par_chunks_mut(s)
+        .zip(input.par_chunks(s))
+        .enumerate()
+        .for_each(|(i, (y, x))| {
+            let c = i % c_n;
+            let a = save_inv_std[c] * gamma[c];
+            let b = beta[c] - save_mean[c] * a;
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = x * a + b;
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

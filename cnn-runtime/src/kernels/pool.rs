@@ -1,4 +1,5 @@
-//! Pooling: `nn.MaxPool2d`, `nn.AvgPool2d`, `nn.AdaptiveAvgPool2d`.
+//! Pooling: `nn.MaxPool2d` (also with argmax indices, for training), `nn.AvgPool2d`,
+//! `nn.AdaptiveAvgPool2d`.
 //!
 //! Each image plane is independent; planes are spread over the current rayon pool in groups
 //! large enough to be worth a task.
@@ -6,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::Isa;
-use crate::geom::{AdaptivePoolGeom, Pool2dGeom};
+use crate::geom::{AdaptivePoolGeom, Pool2dGeom, is_plain_2x2, window};
 use crate::util::check_len;
 
 /// Runs `f(input_plane, output_plane)` for every plane, in parallel.
@@ -251,6 +252,240 @@ pub fn adaptive_avg_pool2d(g: &AdaptivePoolGeom, batch: usize, input: &[f32], ou
             }
         }
     });
+}
+
+/// Index value for an output whose window holds no input position (cannot happen for a
+/// geometry PyTorch accepts); its gradient is dropped.
+pub(crate) const NO_INDEX: u32 = u32::MAX;
+
+/// Training forward of `nn.MaxPool2d` (PyTorch `max_pool2d_with_indices`).
+///
+/// Writes `output` `[batch, C, H_out, W_out]` and, for each output, `indices` (same shape): the
+/// position `ih·W + iw` of its maximum inside its own input plane, as PyTorch returns them.
+/// Padding counts as `-inf`; ties keep the first maximum in window order (row-major); a NaN
+/// wins over any number, and a later NaN over an earlier one, as in PyTorch's CPU kernel.
+/// Dilation, padding and `ceil_mode`-shaped outputs (`out_h`/`out_w` from the checker) are
+/// supported. Parallel over planes; deterministic.
+///
+/// # Panics
+/// If a slice length disagrees with `g` and `batch`, or a plane has more than `u32::MAX - 1`
+/// positions.
+pub fn max_pool2d_train_forward(
+    g: &Pool2dGeom,
+    batch: usize,
+    input: &[f32],
+    output: &mut [f32],
+    indices: &mut [u32],
+) {
+    max_pool2d_train_forward_with(g, batch, input, output, indices, Some(Isa::detect()));
+}
+
+/// [`max_pool2d_train_forward`] with a chosen instruction set for the 2 × 2 vector kernel, or
+/// `None` for the scalar loops only (the reference the tests compare with).
+pub(crate) fn max_pool2d_train_forward_with(
+    g: &Pool2dGeom,
+    batch: usize,
+    input: &[f32],
+    output: &mut [f32],
+    indices: &mut [u32],
+    isa: Option<Isa>,
+) {
+    let (ihw, ohw) = (g.in_h * g.in_w, g.out_h * g.out_w);
+    check_len(
+        "max_pool2d_train_forward input",
+        input.len(),
+        batch * g.in_len(),
+    );
+    check_len(
+        "max_pool2d_train_forward output",
+        output.len(),
+        batch * g.out_len(),
+    );
+    check_len(
+        "max_pool2d_train_forward indices",
+        indices.len(),
+        batch * g.out_len(),
+    );
+    assert!(
+        ihw < NO_INDEX as usize,
+        "max_pool2d: plane too large for u32 indices"
+    );
+    if ohw == 0 || ihw == 0 {
+        output.fill(f32::NEG_INFINITY);
+        indices.fill(NO_INDEX);
+        return;
+    }
+    let hr: Vec<(usize, usize)> = (0..g.out_h)
+        .map(|o| window(o, g.stride_h, g.pad_h, g.dilation_h, g.kernel_h, g.in_h))
+        .collect();
+    let wr: Vec<(usize, usize)> = (0..g.out_w)
+        .map(|o| window(o, g.stride_w, g.pad_w, g.dilation_w, g.kernel_w, g.in_w))
+        .collect();
+    output
+        .par_chunks_mut(ohw)
+        .zip(indices.par_chunks_mut(ohw))
+        .zip(input.par_chunks(ihw))
+        .for_each(|((out, idx), x)| {
+            if let Some(isa) = isa.filter(|_| is_plain_2x2(g)) {
+                let k = MaxPlane2x2 {
+                    x,
+                    in_w: g.in_w,
+                    out_h: g.out_h,
+                    out_w: g.out_w,
+                    out,
+                    idx,
+                };
+                crate::simd::dispatch(isa, k);
+                return;
+            }
+            if g.dilation_h == 1 && g.dilation_w == 1 {
+                max_plane_dense(x, g.in_w, &hr, &wr, out, idx);
+                return;
+            }
+            for (oh, &(h0, h1)) in hr.iter().enumerate() {
+                for (ow, &(w0, w1)) in wr.iter().enumerate() {
+                    let mut best = f32::NEG_INFINITY;
+                    let mut arg = if h0 < h1 && w0 < w1 {
+                        (h0 * g.in_w + w0) as u32
+                    } else {
+                        NO_INDEX
+                    };
+                    for ih in (h0..h1).step_by(g.dilation_h) {
+                        for iw in (w0..w1).step_by(g.dilation_w) {
+                            let v = x[ih * g.in_w + iw];
+                            if v > best || v.is_nan() {
+                                best = v;
+                                arg = (ih * g.in_w + iw) as u32;
+                            }
+                        }
+                    }
+                    out[oh * g.out_w + ow] = best;
+                    idx[oh * g.out_w + ow] = arg;
+                }
+            }
+        });
+}
+
+/// One plane of a plain 2 × 2 max pool ([`is_plain_2x2`]), `LANES` outputs at a time, one
+/// source for every instruction set: the two input rows are split into even and odd columns
+/// and the four candidates compared in window order with the scalar rules (a greater value or
+/// any NaN takes over), as vector selects, so random data costs no mispredicted branches. `x`
+/// holds one `[in_h, in_w]` plane with `in_h >= 2·out_h` and `in_w >= 2·out_w`; `out` and
+/// `idx` hold `out_h · out_w` values.
+struct MaxPlane2x2<'a> {
+    x: &'a [f32],
+    in_w: usize,
+    out_h: usize,
+    out_w: usize,
+    out: &'a mut [f32],
+    idx: &'a mut [u32],
+}
+
+impl crate::simd::Kernel for MaxPlane2x2<'_> {
+    type Out = ();
+
+    #[inline(always)]
+    fn run<S: crate::simd::Simd>(self, s: S) {
+        let Self {
+            x,
+            in_w,
+            out_h,
+            out_w,
+            out,
+            idx,
+        } = self;
+        assert!(x.len() >= 2 * out_h * in_w && in_w >= 2 * out_w);
+        assert!(out.len() == out_h * out_w && idx.len() == out_h * out_w);
+        assert!(x.len() < u32::MAX as usize);
+        let l = S::LANES;
+        let offs = [0, 1, in_w, in_w + 1];
+        let mut won = [0.0f32; 16];
+        for oh in 0..out_h {
+            let row_a = 2 * oh * in_w;
+            let mut ow = 0;
+            while ow < out_w {
+                let n = (out_w - ow).min(l);
+                let pa = x.as_ptr().wrapping_add(row_a + 2 * ow);
+                let pb = pa.wrapping_add(in_w);
+                // SAFETY: columns 2·ow .. 2·(ow + n) <= 2·out_w <= in_w of rows 2·oh and
+                // 2·oh + 1 < 2·out_h are inside `x` (asserted above).
+                let [e0, o0, e1, o1] = unsafe { window_2x2(s, pa, pb, n) };
+                let mut best = e0;
+                let mut k = s.zero();
+                for (c, kk) in [(o0, 1.0), (e1, 2.0), (o1, 3.0)] {
+                    let take = s.or(s.gt(c, best), s.is_nan(c));
+                    best = s.select(take, c, best);
+                    k = s.select(take, s.splat(kk), k);
+                }
+                let o = oh * out_w + ow;
+                // SAFETY: outputs o .. o + n of this plane exist (`out` holds out_h·out_w);
+                // lanes past n are masked off. `won` holds 16 >= LANES floats.
+                unsafe {
+                    s.store_mask(
+                        out.as_mut_ptr().add(o),
+                        s.mask(((1u64 << n) - 1) as u32),
+                        best,
+                    );
+                    s.store(won.as_mut_ptr(), k);
+                }
+                for (j, (d, &w)) in idx[o..o + n].iter_mut().zip(&won).enumerate() {
+                    *d = (row_a + 2 * (ow + j) + offs[w as usize]) as u32;
+                }
+                ow += n;
+            }
+        }
+    }
+}
+
+/// One plane of [`max_pool2d_train_forward`] for dilation 1: the same scan over plain ranges
+/// (the general loop's `step_by` divides per window, which cost more than the compares).
+fn max_plane_dense(
+    x: &[f32],
+    in_w: usize,
+    hr: &[(usize, usize)],
+    wr: &[(usize, usize)],
+    out: &mut [f32],
+    idx: &mut [u32],
+) {
+    let rows = out
+        .chunks_exact_mut(wr.len())
+        .zip(idx.chunks_exact_mut(wr.len()));
+    for ((orow, irow), &(h0, h1)) in rows.zip(hr) {
+        for ((o, i), &(w0, w1)) in orow.iter_mut().zip(irow.iter_mut()).zip(wr) {
+            let mut best = f32::NEG_INFINITY;
+            if h1 - h0 == 2 && w1 - w0 == 2 {
+                // The usual full 2 × 2 window, unrolled (same order and rules as below).
+                let (a, b) = (h0 * in_w + w0, (h0 + 1) * in_w + w0);
+                let mut arg = a;
+                for j in [a, a + 1, b, b + 1] {
+                    let v = x[j];
+                    if v > best || v.is_nan() {
+                        best = v;
+                        arg = j;
+                    }
+                }
+                *o = best;
+                *i = arg as u32;
+                continue;
+            }
+            let mut arg = if h0 < h1 && w0 < w1 {
+                (h0 * in_w + w0) as u32
+            } else {
+                NO_INDEX
+            };
+            for ih in h0..h1 {
+                let base = ih * in_w;
+                for (iw, &v) in x[base + w0..base + w1].iter().enumerate() {
+                    if v > best || v.is_nan() {
+                        best = v;
+                        arg = (base + w0 + iw) as u32;
+                    }
+                }
+            }
+            *o = best;
+            *i = arg;
+        }
+    }
 }
 
 #[cfg(test)]

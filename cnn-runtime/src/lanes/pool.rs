@@ -24,7 +24,7 @@ const NO_INDEX: u32 = u32::MAX;
 
 /// Max pooling of `slots` slots of lane tensors (`[slots][C][H][W][16]` →
 /// `[slots][C][H_out][W_out][16]`), saving per output lane the plane index of its maximum, as
-/// [`crate::grad::max_pool2d_train_forward`] does per image: PyTorch's rules (the first
+/// [`crate::kernels::max_pool2d_train_forward`] does per image: PyTorch's rules (the first
 /// maximum in window order wins, a NaN wins and propagates, padding is `-inf`).
 ///
 /// # Panics
@@ -426,7 +426,8 @@ impl Kernel for PlaneBackward<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grad::{max_pool2d_backward, max_pool2d_relu_backward, max_pool2d_train_forward};
+    use crate::grad::{max_pool2d_backward, max_pool2d_relu_backward};
+    use crate::kernels::max_pool2d_train_forward;
     use crate::kernels::testutil::{data, pool_out_size};
     use crate::lanes::{from_lanes, lane_slots, to_lanes};
 

@@ -22,10 +22,11 @@
 
 use crate::buf::{AlignedBuf, OutOfMemory};
 use crate::exec::{ExecError, check_weights_fit, init_weights, param_specs, thread_pool};
-use crate::grad::{self, DropoutRng};
-use crate::kernels::{self, Activation as KAct, BatchNormParams};
+use crate::grad;
+use crate::kernels::{self, DropoutRng};
 use crate::lanes::{self, LANES};
 use crate::optim::Optimizer;
+use crate::step::{self, Grads, Layout, Params, Running, Saved, Train};
 
 mod fit;
 use crate::weights::Weights;
@@ -616,133 +617,56 @@ impl Trainer {
         let ops = &plan.steps;
         let lane_end = if use_lanes { *lane_end } else { 0 };
         let slots = lanes::lane_slots(batch);
-        let lb = slots * LANES;
         if lane_end > 0 {
             let n = ops[0].in_len;
-            lanes::to_lanes(batch, n, &input[..n * batch], &mut in_lanes[..n * lb]);
+            lanes::to_lanes(
+                batch,
+                n,
+                &input[..n * batch],
+                &mut in_lanes[..n * slots * LANES],
+            );
         }
-        for k in 0..ops.len() {
-            let op = &ops[k];
+        for (k, op) in ops.iter().enumerate() {
             if elided(ops, k) {
                 continue;
             }
-            // Ops before `lane_end` read and write lane tensors of `lb` images; the last of
-            // them writes `last_lanes`, converted below into its NCHW buffer for the next op.
+            // Steps before `lane_end` read and write lane tensors; the last of them writes
+            // `last_lanes`, converted below into its NCHW buffer for the next step.
             let on_lanes = k < lane_end;
-            let nb = if on_lanes { lb } else { batch };
+            let layout = if on_lanes {
+                Layout::Lanes(slots)
+            } else {
+                Layout::Images(batch)
+            };
             let last_lane_op = on_lanes && k + 1 == lane_end;
             let (before, rest) = outs.split_at_mut(k);
             let src: &[f32] = match src_buf(ops, k) {
-                None if on_lanes => &in_lanes[..op.in_len * lb],
-                None => &input[..op.in_len * batch],
-                Some(j) => &before[j][..op.in_len * nb],
+                None if on_lanes => in_lanes,
+                None => input,
+                Some(j) => &before[j],
             };
             let dst: &mut [f32] = if last_lane_op {
-                &mut last_lanes[..op.out_len * lb]
+                last_lanes
             } else {
-                &mut rest[0][..op.out_len * nb]
+                &mut rest[0]
             };
-            let p = |j: usize| &tensors[op.params[j]][..];
-            match &op.op {
-                Op::Conv2d { bias, geom: g } => {
-                    let (w, b, act) = (p(0), bias.then(|| p(1)), kernel_act(op.fused));
-                    if on_lanes {
-                        lanes::conv2d_lanes(g, slots, src, w, b, act, dst, scratch);
-                    } else {
-                        kernels::conv2d_act(g, batch, src, w, b, act, dst, scratch);
-                    }
-                }
-                Op::Pool2d { kind, geom: g } => {
-                    // Argmax indices: allocated for max pools only.
-                    let idx = &mut pool_idx[k];
-                    match kind {
-                        PoolKind::Max if on_lanes => {
-                            let idx = &mut idx[..op.out_len * lb];
-                            lanes::max_pool2d_lanes_forward(g, slots, src, dst, idx);
-                        }
-                        PoolKind::Max if train => {
-                            let idx = &mut idx[..op.out_len * batch];
-                            grad::max_pool2d_train_forward(g, batch, src, dst, idx);
-                        }
-                        PoolKind::Max => kernels::max_pool2d(g, batch, src, dst),
-                        PoolKind::Avg => kernels::avg_pool2d(g, batch, src, dst),
-                    }
-                }
-                Op::AdaptiveAvgPool2d(g) => kernels::adaptive_avg_pool2d(g, batch, src, dst),
-                &Op::BatchNorm2d {
-                    eps,
-                    momentum,
-                    geom: g,
-                } => {
-                    if train {
-                        let idx = [op.params[0], op.params[1], op.params[2], op.params[3]];
-                        let Ok([gamma, beta, mean, var]) = tensors.get_disjoint_mut(idx) else {
-                            unreachable!("batchnorm tensors are distinct")
-                        };
-                        grad::batch_norm2d_train_forward(
-                            &g,
-                            batch,
-                            src,
-                            gamma,
-                            beta,
-                            eps,
-                            momentum,
-                            mean,
-                            var,
-                            dst,
-                            &mut bn_mean[k],
-                            &mut bn_inv_std[k],
-                        );
-                    } else {
-                        dst.copy_from_slice(src);
-                        kernels::batch_norm2d_inplace(
-                            &g,
-                            batch,
-                            dst,
-                            &BatchNormParams {
-                                mean: p(2),
-                                var: p(3),
-                                gamma: Some(p(0)),
-                                beta: Some(p(1)),
-                                eps,
-                            },
-                        );
-                    }
-                }
-                Op::Activation { act, .. } => activation_forward(*act, src, dst),
-                &Op::Dropout { p: rate, .. } => {
-                    if train {
-                        let mut next = || rng.next_u32();
-                        grad::dropout_train_forward(
-                            rate,
-                            src,
-                            &mut next,
-                            &mut masks[k][..op.out_len * batch],
-                            dst,
-                        );
-                    } else {
-                        dst.copy_from_slice(src);
-                    }
-                }
-                Op::Flatten { .. } => dst.copy_from_slice(src),
-                &Op::Linear { bias, geom: g } => {
-                    kernels::linear(&g, batch, src, p(0), bias.then(|| p(1)), dst);
-                }
-                &Op::Softmax {
-                    log, outer, axis, ..
-                } => {
-                    if log {
-                        kernels::log_softmax(batch * outer, axis, src, dst);
-                    } else {
-                        kernels::softmax(batch * outer, axis, src, dst);
-                    }
-                }
-            }
+            let (p, running) = step_params(tensors, op, train);
+            let mut state = train.then(|| Train {
+                saved: Saved {
+                    pool_idx: &mut pool_idx[k],
+                    bn_mean: &mut bn_mean[k],
+                    bn_inv_std: &mut bn_inv_std[k],
+                    mask: &mut masks[k],
+                },
+                running,
+                rng: &mut *rng,
+            });
+            step::forward(op, layout, Some(src), dst, &p, state.as_mut(), scratch);
             if last_lane_op {
                 lanes::from_lanes(
                     batch,
                     op.out_len,
-                    &last_lanes[..op.out_len * lb],
+                    &last_lanes[..op.out_len * slots * LANES],
                     &mut rest[0][..op.out_len * batch],
                 );
             }
@@ -809,10 +733,9 @@ impl Trainer {
         let ops = &plan.steps;
         let lane_end = if use_lanes { *lane_end } else { 0 };
         let slots = lanes::lane_slots(batch);
-        let lb = slots * LANES;
         let [da, db] = dbuf;
         let (mut cur, mut next) = (da, db);
-        // Set when a max pool's backward already applied the ReLU fused into the op before it.
+        // Set when a max pool's backward already applied the ReLU fused into the step before it.
         let mut relu_applied = false;
         for k in (0..ops.len()).rev() {
             let op = &ops[k];
@@ -821,143 +744,52 @@ impl Trainer {
                 continue;
             }
             let on_lanes = k < lane_end;
+            let layout = if on_lanes {
+                Layout::Lanes(slots)
+            } else {
+                Layout::Images(batch)
+            };
             let last_lane_op = on_lanes && k + 1 == lane_end;
             if last_lane_op {
                 // The gradient enters the lane region.
-                lanes::to_lanes(
-                    batch,
-                    op.out_len,
-                    &cur[..op.out_len * batch],
-                    &mut next[..op.out_len * lb],
-                );
+                let n = op.out_len;
+                let lb = slots * LANES;
+                lanes::to_lanes(batch, n, &cur[..n * batch], &mut next[..n * lb]);
                 std::mem::swap(&mut cur, &mut next);
             }
-            let nb = if on_lanes { lb } else { batch };
             let src: &[f32] = match src_buf(ops, k) {
-                None if on_lanes => &in_lanes[..op.in_len * lb],
-                None => &input[..op.in_len * batch],
-                Some(j) => &outs[j][..op.in_len * nb],
+                None if on_lanes => in_lanes,
+                None => input,
+                Some(j) => &outs[j],
             };
-            let out: &[f32] = if last_lane_op {
-                &last_lanes[..op.out_len * lb]
-            } else {
-                &outs[k][..op.out_len * nb]
+            let out: &[f32] = if last_lane_op { last_lanes } else { &outs[k] };
+            let (d_weight, d_bias) = param_grads(grads, op);
+            let g = Grads {
+                src,
+                out,
+                d_out: cur,
+                d_in: (k > 0).then_some(&mut **next),
+                d_weight,
+                d_bias,
             };
-            let d_out = &mut cur[..op.out_len * nb];
-            fused_backward(op.fused, &mut relu_applied, out, d_out);
-            let d_out: &[f32] = d_out;
-            let need_dx = k > 0;
-            let d_in = &mut next[..op.in_len * nb];
-            match &op.op {
-                Op::Conv2d { bias, geom: g } => {
-                    let (w, b) = (op.params[0], op.params.get(1).copied());
-                    let (gw, gb) = split_two(grads, w, b.filter(|_| *bias));
-                    let (w, dx) = (&tensors[w][..], need_dx.then_some(d_in));
-                    if on_lanes {
-                        grad::conv2d_backward_lanes(g, slots, src, w, d_out, dx, gw, gb, scratch);
-                    } else {
-                        grad::conv2d_backward(g, batch, src, w, d_out, dx, gw, gb, scratch);
-                    }
-                }
-                &Op::Linear { bias, geom: g } => {
-                    let (w, b) = (op.params[0], op.params.get(1).copied());
-                    let (gw, gb) = split_two(grads, w, b.filter(|_| bias));
-                    grad::linear_backward(
-                        &g,
-                        batch,
-                        src,
-                        &tensors[w],
-                        d_out,
-                        need_dx.then_some(d_in),
-                        gw,
-                        gb,
-                    );
-                }
-                Op::Pool2d { kind, geom: g } => {
-                    if need_dx {
-                        // ReLU (fused into the op before) then max pool: one pass.
-                        let relu = ops[k - 1].fused == Some(Activation::Relu);
-                        match kind {
-                            PoolKind::Max if on_lanes => {
-                                lanes::max_pool2d_lanes_backward(
-                                    g,
-                                    slots,
-                                    &pool_idx[k][..op.out_len * lb],
-                                    relu.then_some(out),
-                                    d_out,
-                                    d_in,
-                                );
-                                relu_applied = relu;
-                            }
-                            PoolKind::Max if relu => {
-                                grad::max_pool2d_relu_backward(
-                                    g,
-                                    batch,
-                                    &pool_idx[k][..op.out_len * batch],
-                                    src,
-                                    d_out,
-                                    d_in,
-                                );
-                                relu_applied = true;
-                            }
-                            PoolKind::Max => grad::max_pool2d_backward(
-                                g,
-                                batch,
-                                &pool_idx[k][..op.out_len * batch],
-                                d_out,
-                                d_in,
-                            ),
-                            PoolKind::Avg => grad::avg_pool2d_backward(g, batch, d_out, d_in),
-                        }
-                    }
-                }
-                Op::AdaptiveAvgPool2d(g) => {
-                    if need_dx {
-                        grad::adaptive_avg_pool2d_backward(g, batch, d_out, d_in);
-                    }
-                }
-                Op::BatchNorm2d { geom: g, .. } => {
-                    let (w, b) = (op.params[0], op.params[1]);
-                    let (gw, gb) = split_two(grads, w, Some(b));
-                    let gb = gb.expect("batchnorm bias gradient");
-                    grad::batch_norm2d_backward(
-                        g,
-                        batch,
-                        src,
-                        &tensors[w],
-                        &bn_mean[k],
-                        &bn_inv_std[k],
-                        d_out,
-                        need_dx.then_some(d_in),
-                        gw,
-                        gb,
-                    );
-                }
-                Op::Activation { act, .. } => {
-                    if need_dx {
-                        activation_backward(*act, src, out, d_out, d_in);
-                    }
-                }
-                &Op::Dropout { p, .. } => {
-                    if need_dx {
-                        grad::dropout_backward(p, &masks[k][..op.out_len * batch], d_out, d_in);
-                    }
-                }
-                Op::Flatten { .. } => {
-                    if need_dx {
-                        d_in.copy_from_slice(d_out);
-                    }
-                }
-                &Op::Softmax { log, axis, .. } => {
-                    if need_dx {
-                        if log {
-                            grad::log_softmax_backward(out, d_out, axis, d_in);
-                        } else {
-                            grad::softmax_backward(out, d_out, axis, d_in);
-                        }
-                    }
-                }
-            }
+            let p = Params::of(op, |i| &tensors[i]);
+            let saved = Saved {
+                pool_idx: &mut pool_idx[k],
+                bn_mean: &mut bn_mean[k],
+                bn_inv_std: &mut bn_inv_std[k],
+                mask: &mut masks[k],
+            };
+            let relu_before = k > 0 && ops[k - 1].fused == Some(Activation::Relu);
+            step::backward(
+                op,
+                layout,
+                g,
+                &p,
+                &saved,
+                relu_before,
+                &mut relu_applied,
+                scratch,
+            );
             std::mem::swap(&mut cur, &mut next);
         }
     }
@@ -971,54 +803,6 @@ impl Trainer {
             .zip(&self.grads)
             .map(|(t, g)| (t.name.as_str(), &g[..]))
             .collect()
-    }
-}
-
-/// The kernel epilogue for an activation fused into a convolution.
-fn kernel_act(fused: Option<Activation>) -> KAct {
-    match fused {
-        Some(Activation::Relu) => KAct::Relu,
-        Some(Activation::LeakyRelu(s)) => KAct::LeakyRelu(s),
-        _ => KAct::Identity,
-    }
-}
-
-/// An element-wise activation layer's forward (any layout).
-fn activation_forward(act: Activation, src: &[f32], dst: &mut [f32]) {
-    match act {
-        Activation::Relu => kernels::relu(src, dst),
-        Activation::LeakyRelu(s) => kernels::leaky_relu(s, src, dst),
-        Activation::Sigmoid => kernels::sigmoid(src, dst),
-        Activation::Tanh => kernels::tanh(src, dst),
-        Activation::Gelu => kernels::gelu(src, dst),
-    }
-}
-
-/// An element-wise activation layer's backward (any layout), from its input `src` or output
-/// `out`.
-fn activation_backward(act: Activation, src: &[f32], out: &[f32], d_out: &[f32], d_in: &mut [f32]) {
-    match act {
-        Activation::Relu => grad::relu_backward(src, d_out, d_in),
-        Activation::LeakyRelu(s) => grad::leaky_relu_backward(src, s, d_out, d_in),
-        Activation::Sigmoid => grad::sigmoid_backward(out, d_out, d_in),
-        Activation::Tanh => grad::tanh_backward(out, d_out, d_in),
-        Activation::Gelu => grad::gelu_backward(src, d_out, d_in),
-    }
-}
-
-/// The backward of an activation fused into a convolution, in place on `d_out`, from the
-/// op's output; skipped (and the flag cleared) when a max pool after it already applied it.
-fn fused_backward(
-    fused: Option<Activation>,
-    relu_applied: &mut bool,
-    out: &[f32],
-    d_out: &mut [f32],
-) {
-    match fused {
-        Some(Activation::Relu) if std::mem::take(relu_applied) => {}
-        Some(Activation::Relu) => grad::relu_backward_inplace(out, d_out),
-        Some(Activation::LeakyRelu(s)) => grad::leaky_relu_backward_inplace(out, s, d_out),
-        _ => {}
     }
 }
 
@@ -1122,17 +906,12 @@ fn lane_prefix(ops: &[Step]) -> usize {
     let mut end = 0;
     let mut convs = 0;
     for (k, op) in ops.iter().enumerate() {
-        let ok = match &op.op {
-            Op::Conv2d { geom: g, .. } => {
-                lanes::conv2d_lanes_usable(g) && (k == 0 || grad::lanes_input_grad_supported(g))
-            }
-            Op::Pool2d {
-                kind: PoolKind::Max,
-                ..
-            } => true,
-            Op::Activation { .. } => true,
-            _ => false,
-        };
+        // A later convolution also needs its input gradient as a lane convolution.
+        let ok = step::runs_on_lanes(&op.op)
+            && match &op.op {
+                Op::Conv2d { geom, .. } => k == 0 || grad::lanes_input_grad_supported(geom),
+                _ => true,
+            };
         if !ok || k + 1 == ops.len() {
             break;
         }
@@ -1177,22 +956,51 @@ fn check_train_locs(plan: &Plan) -> Result<(), String> {
     Ok(())
 }
 
-/// Two distinct mutable gradient slices (`b` may be absent).
-fn split_two(
-    grads: &mut [Vec<f32>],
-    a: usize,
-    b: Option<usize>,
-) -> (&mut [f32], Option<&mut [f32]>) {
-    match b {
-        Some(b) if b > a => {
-            let (lo, hi) = grads.split_at_mut(b);
-            (&mut lo[a], Some(&mut hi[0]))
+/// The parameters of `step` from the trainer's tensors; for a batch norm in training mode, its
+/// running statistics apart, to update.
+fn step_params<'a>(
+    tensors: &'a mut [Vec<f32>],
+    step: &Step,
+    train: bool,
+) -> (Params<'a>, Option<Running<'a>>) {
+    match (&step.op, &step.params[..]) {
+        (Op::BatchNorm2d { .. }, &[g, b, m, v, ..]) if train => {
+            let Ok([g, b, m, v]) = tensors.get_disjoint_mut([g, b, m, v]) else {
+                unreachable!("batch norm tensors are distinct (checked by from_plan)")
+            };
+            let p = Params {
+                tensors: [g, b, &[], &[]],
+                packed: None,
+            };
+            (p, Some((m, v)))
         }
-        Some(b) if b < a => {
-            let (lo, hi) = grads.split_at_mut(a);
-            (&mut hi[0], Some(&mut lo[b]))
+        _ => {
+            let t: &'a [Vec<f32>] = tensors;
+            (Params::of(step, |i| &t[i]), None)
         }
-        _ => (&mut grads[a], None),
+    }
+}
+
+/// The gradients of `step`'s weight and bias (batch norm: gamma and beta), distinct slices of
+/// `grads`.
+fn param_grads<'a>(
+    grads: &'a mut [Vec<f32>],
+    step: &Step,
+) -> (Option<&'a mut [f32]>, Option<&'a mut [f32]>) {
+    let trained = match step.op {
+        Op::Conv2d { bias, .. } | Op::Linear { bias, .. } => 1 + usize::from(bias),
+        Op::BatchNorm2d { .. } => 2,
+        _ => 0,
+    };
+    match step.params[..trained.min(step.params.len())] {
+        [w] => (Some(&mut grads[w]), None),
+        [w, b] => {
+            let Ok([w, b]) = grads.get_disjoint_mut([w, b]) else {
+                unreachable!("parameter tensors are distinct (checked by from_plan)")
+            };
+            (Some(w), Some(b))
+        }
+        _ => (None, None),
     }
 }
 
